@@ -1,0 +1,145 @@
+"""Process-group set-up from torchrun's environment, device choice, timeouts and teardown.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every
+process it starts (single node with --standalone, or several nodes through a c10d rendezvous).
+`init_distributed` reads them; a plain `python` launch is a world of one. NCCL is used when each local
+rank has a CUDA device, gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from gptdist.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: Optional[str]  # "nccl", "gloo", or None when no process group was made
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes shared files and prints the step line."""
+        return self.rank == 0
+
+    @property
+    def has_group(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """One device per local rank: cuda:LOCAL_RANK when CUDA is there (or asked for), else the CPU."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible "
+                "(use --nproc-per-node <= the number of GPUs)"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(
+    device_preference: str = "auto",
+    timeout_s: float = 600.0,
+    need_group: bool = False,
+) -> DistContext:
+    """Join the process group torchrun describes, or make a world of one.
+
+    need_group: make a one-rank process group even without torchrun (the ddp and fsdp backends need
+    one; `python launch/train.py --backend fsdp` then runs them on a single process).
+    """
+    if launched_by_torchrun():
+        rank = int(os.environ["RANK"])
+        world = int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    else:
+        rank, world, local_rank, local_world = 0, 1, 0, 1
+    device = choose_device(device_preference, local_rank)
+    if world == 1 and not need_group:
+        return DistContext(rank, world, local_rank, local_world, device, None)
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        if launched_by_torchrun():
+            # device_id binds the NCCL communicator to this GPU eagerly (no lazy init on first collective).
+            kwargs = {"device_id": device} if backend == "nccl" else {}
+            dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+        else:
+            dist.init_process_group(
+                backend=backend,
+                init_method=f"tcp://127.0.0.1:{_free_port()}",
+                rank=0,
+                world_size=1,
+                timeout=timeout,
+            )
+    return DistContext(rank, world, local_rank, local_world, device, backend)
+
+
+def teardown() -> None:
+    """Destroy the process group if there is one (safe to call twice, and after an error)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # pragma: no cover - teardown after a failed collective must not mask it
+            pass
+
+
+@contextmanager
+def distributed(device_preference: str = "auto", timeout_s: float = 600.0, need_group: bool = False) -> Iterator[DistContext]:
+    """`with distributed(...) as ctx:` — the process group lives exactly as long as the block."""
+    ctx = init_distributed(device_preference, timeout_s, need_group)
+    try:
+        yield ctx
+    finally:
+        teardown()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.has_group:
+        dist.barrier()
+
+
+def all_reduce_scalar(value: float, ctx: DistContext, op: str = "sum") -> float:
+    """Reduce one Python number across ranks (on the CPU for gloo, on the device for NCCL)."""
+    if not ctx.has_group:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+    dist.all_reduce(t, op=reduce_op)
+    return t.item()

@@ -1,0 +1,43 @@
+"""Data-parallel backends. `parallelize(model, cfg, ctx)` returns the one the config names.
+
+Adding a backend means adding one file with a `Backend` subclass and one line in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch.nn as nn
+
+from gptdist.config import Config
+from gptdist.dist import DistContext
+from gptdist.errors import ConfigError
+from gptdist.parallel.base import Backend
+
+# name -> "module:Class", imported lazily so `none` never imports torch.distributed wrappers
+BACKENDS = {
+    "none": "gptdist.parallel.none:NoneBackend",
+    "manual": "gptdist.parallel.manual:ManualBackend",
+    "ddp": "gptdist.parallel.ddp:DDPBackend",
+    "fsdp": "gptdist.parallel.fsdp:FSDPBackend",
+}
+
+# Backends that need a process group even on one process.
+NEEDS_GROUP = {"manual", "ddp", "fsdp"}
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def parallelize(model: nn.Module, cfg: Config, ctx: DistContext) -> Backend:
+    """Wrap `model` (already on ctx.device) in the backend `cfg.backend` names."""
+    cls = backend_class(cfg.backend)
+    if cfg.backend == "none":
+        if ctx.world_size > 1:
+            raise ConfigError("backend 'none' runs on one process; use manual, ddp or fsdp under torchrun")
+        return cls(model, ctx)
+    return cls(model, ctx, cfg.parallel)

@@ -1,0 +1,71 @@
+"""The one small interface between the training loop and a data-parallel backend.
+
+The trainer never asks which backend it has. Per optimizer step it does:
+
+    for micro_step in range(grad_accum):
+        backend.set_grad_sync(micro_step == grad_accum - 1)   # BEFORE the forward (DDP reads it there)
+        _, loss = backend.module(x, y)
+        (loss / grad_accum).backward()
+    backend.finish_grad_sync()                               # gradients now averaged over ranks
+    grad_norm = backend.clip_grad_norm(max_norm)             # global norm, correct for sharded grads
+    optimizer.step()
+    backend.zero_grad()
+
+State dicts go through `torch.distributed.checkpoint.state_dict` on `backend.module`, which understands
+plain modules, DDP and FSDP2 alike (see gptdist/checkpoint.py), so backends need no save/load code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from gptdist.dist import DistContext
+
+
+class Backend:
+    """Base class; `none` uses it as is. Subclasses wrap the model and sync gradients."""
+
+    name = "none"
+
+    def __init__(self, model: nn.Module, ctx: DistContext):
+        self.ctx = ctx
+        self.raw_model = model  # the plain GPT (generate, num_params, config)
+        self.module: nn.Module = model  # what the trainer calls forward on (may be a wrapper)
+        self._sync = True
+
+    # --- gradient synchronisation -------------------------------------------------------------
+    def set_grad_sync(self, sync: bool) -> None:
+        """Whether the coming forward+backward should synchronise gradients (False on the
+        micro-steps of gradient accumulation that are not the last)."""
+        self._sync = sync
+
+    def finish_grad_sync(self) -> None:
+        """Block until every gradient is averaged over all ranks (no-op on one process)."""
+
+    # --- after the sync --------------------------------------------------------------------------
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return self.module.parameters()
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Global L2 norm of all gradients (clipped to max_norm when max_norm > 0)."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        return float(norm)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def close(self) -> None:
+        """Remove hooks and free buffers (called once at the end of a run)."""
+
+
+def check_finite(value: float) -> bool:
+    return math.isfinite(value)
