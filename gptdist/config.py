@@ -105,7 +105,6 @@ class LogSection:
     run_name: str = ""  # "" = a timestamped name
     overwrite: bool = False  # an existing run folder is refused unless overwrite or resume
     console_every: int = 1
-    progress_bar: bool = True
     wandb: bool = False  # offline (no network needed) unless WANDB_API_KEY is set
     wandb_project: str = "gptdist"
     tensorboard: bool = False

@@ -1,0 +1,25 @@
+"""Shared behaviour of the launch scripts: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from gptdist.errors import GptdistError
+
+EXIT_USER_ERROR = 2
+
+
+def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """Run main(argv). A GptdistError (bad config, data, checkpoint, ...) prints
+    `error: <message>` (prefixed with the rank under torchrun) and exits 2; bugs keep their traceback."""
+    try:
+        main(argv)
+    except GptdistError as e:
+        rank = os.environ.get("RANK")
+        prefix = f"[rank{rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        print(f"{prefix}error: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Measurement: metric sinks, step timers, memory and host telemetry."""

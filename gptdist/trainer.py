@@ -1,0 +1,290 @@
+"""The one training loop, for every backend.
+
+    Trainer(cfg, ctx).fit()
+
+builds the model on the device, wraps it with `parallelize` (the backend), builds AdamW over the
+backend's parameters, and runs optimizer steps of `grad_accum` micro-steps each. The loop talks to the
+backend only through `gptdist.parallel.base.Backend`; it has no `if backend == ...`.
+
+One optimizer step, on each rank:
+    for each micro-step:  set_grad_sync(last?) -> forward (autocast) -> backward(loss / grad_accum)
+    finish_grad_sync -> clip (global norm) -> lr schedule -> optimizer.step -> zero_grad
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from gptdist import checkpoint as ckpt
+from gptdist import flops
+from gptdist.config import Config, batch_plan, resolve_model
+from gptdist.data.loader import TokenLoader
+from gptdist.dist import DistContext
+from gptdist.errors import CheckpointError, DataError, GptdistError
+from gptdist.evaluate import validation_loss
+from gptdist.instrument.sinks import MetricsLogger
+from gptdist.model import GPT
+from gptdist.optim import build_optimizer, lr_at, set_lr
+from gptdist.parallel import parallelize
+from gptdist.run_dir import prepare_run_dir, setup_logging
+
+
+def resolve_dtype(setting: str, device: torch.device) -> str:
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return setting
+
+
+def autocast_context(dtype: str, device: torch.device):
+    """bf16 autocast (matmuls in bf16, master weights and optimizer in fp32), or nothing for fp32."""
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclasses.dataclass
+class StepResult:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    step_ms: float
+    data_ms: float
+    tokens: int
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ctx: DistContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.plan = batch_plan(cfg, ctx.world_size)  # raises on impossible batch/world combinations
+        self.model_config = resolve_model(cfg)
+        self.dtype = resolve_dtype(cfg.train.dtype, self.device)
+        if self.device.type == "cuda" and cfg.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # Data first: a bad data folder must fail before the run folder or the model exist.
+        self.train_loader = TokenLoader(
+            cfg.data.dir, "train", cfg.data.batch_size, cfg.data.seq_len,
+            rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed,
+            vocab_size=self.model_config.vocab_size,
+        )
+        self.resume_from = self._find_resume_checkpoint()
+        self.run_dir = prepare_run_dir(cfg, ctx)
+        self.log = setup_logging(self.run_dir, ctx)
+
+        # Same seed on every rank: identical initial weights (the backends also broadcast from rank 0).
+        torch.manual_seed(cfg.train.seed)
+        model = GPT(self.model_config).to(self.device)
+        self.backend = parallelize(model, cfg, ctx)
+        self.optimizer = build_optimizer(self.backend.module, cfg.train, self.device)
+        self.step = 0  # optimizer steps done
+        if self.resume_from is not None:
+            self._resume(self.resume_from)
+
+        self.flops_per_token = flops.flops_per_token(model, cfg.data.seq_len)
+        self.peak_flops = flops.peak_flops(self.device, self.dtype)
+        self.metrics = MetricsLogger(
+            self.run_dir, ctx.is_main, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
+            self.run_dir.name, cfg.to_dict(),
+        )
+        self._tokenizer = None
+
+    # ------------------------------------------------------------------------------------------
+    # Resume
+
+    def _find_resume_checkpoint(self) -> Optional[Path]:
+        resume = self.cfg.checkpoint.resume
+        if not resume:
+            return None
+        if resume == "auto":
+            run_dir = Path(self.cfg.log.out_dir) / self.cfg.log.run_name if self.cfg.log.run_name else None
+            found = ckpt.latest_checkpoint(run_dir / "checkpoints") if run_dir else None
+            return found  # None: nothing saved yet, start fresh (elastic restarts rely on this)
+        return ckpt.resolve(resume)
+
+    def _resume(self, path: Path) -> None:
+        meta, rank_state = ckpt.load(path, self.backend.module, self.optimizer, self.model_config, self.ctx)
+        self.backend.zero_grad()  # loading may have replaced gradient tensors; let the backend re-arm
+        self.step = int(meta["step"])
+        if rank_state is not None:
+            self.train_loader.load_state_dict(rank_state["loader"])
+            ckpt.set_rng_state(rank_state["rng"])
+        else:
+            # Another world size: per-rank positions don't map one to one. Continue from where rank 0's
+            # stream was, which keeps the global data order when the loader counts in global batches.
+            state = ckpt.load_rank_state(path, 0)
+            self.train_loader.load_state_dict(state["loader"])
+            self.log.info(f"resumed at another world size ({meta['world_size']} -> {self.ctx.world_size}): "
+                          "data order continues from rank 0's position; RNG reseeded")
+        self.log.info(f"resumed from {path} at step {self.step}")
+
+    def save_checkpoint(self) -> Path:
+        rank_state = {"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state()}
+        meta = {"backend": self.cfg.backend, "model": ckpt.model_meta(self.model_config), "config": self.cfg.to_dict()}
+        path = ckpt.save(
+            self.run_dir / "checkpoints", self.step, self.backend.module, self.optimizer, rank_state, meta,
+            self.ctx, self.cfg.checkpoint.format, self.cfg.checkpoint.keep_last,
+        )
+        self.log.info(f"saved checkpoint {path}")
+        return path
+
+    # ------------------------------------------------------------------------------------------
+    # One optimizer step
+
+    def train_step(self) -> StepResult:
+        backend, plan = self.backend, self.plan
+        backend.module.train()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        data_s = 0.0
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_step in range(plan.grad_accum):
+            t_data = time.perf_counter()
+            x, y = self.train_loader.next_batch()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            data_s += time.perf_counter() - t_data
+            # Must be set before the forward: DDP decides in forward whether backward will all-reduce.
+            backend.set_grad_sync(micro_step == plan.grad_accum - 1)
+            with autocast_context(self.dtype, self.device):
+                _, loss = backend.module(x, y)
+            # Each micro-step's loss is a mean over its tokens; dividing by grad_accum makes the summed
+            # gradient the mean over the whole step's tokens, as one big batch would give.
+            (loss / plan.grad_accum).backward()
+            loss_sum += loss.detach()
+        backend.finish_grad_sync()
+        grad_norm = backend.clip_grad_norm(self.cfg.train.grad_clip)
+        lr = lr_at(self.step, self.cfg.train)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        backend.zero_grad()
+
+        mean_loss = loss_sum / plan.grad_accum
+        if self.ctx.has_group and self.ctx.world_size > 1:
+            dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG)  # for the log line only
+        loss_value = mean_loss.item()  # also waits for the device
+        _sync(self.device)
+        step_s = time.perf_counter() - t0
+        self.step += 1
+        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
+            raise GptdistError(
+                f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {self.step}; "
+                "stopping without saving (lower train.lr or check the data)"
+            )
+        return StepResult(self.step, loss_value, lr, grad_norm, step_s * 1e3, data_s * 1e3, plan.tokens_per_step)
+
+    # ------------------------------------------------------------------------------------------
+    # Evaluation and samples
+
+    def evaluate(self) -> float:
+        val = validation_loss(
+            self.backend.module, self.cfg.data.dir, self.cfg.data.batch_size, self.cfg.data.seq_len,
+            self.cfg.eval.val_batches, self.ctx, autocast=lambda: autocast_context(self.dtype, self.device),
+        )
+        self.metrics.log("val", self.step, {"loss": val})
+        self.log.info(f"step {self.step:>6} | val loss {val:.4f}")
+        return val
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from gptdist.tokenizer import get_tokenizer
+
+            self._tokenizer = get_tokenizer()
+        return self._tokenizer
+
+    def sample(self) -> list[str]:
+        """Text from the current model. Every rank runs it (FSDP's forward needs all ranks);
+        rank 0 prints and saves."""
+        if self.model_config.vocab_size < 50257:
+            return []  # test-size vocabularies can't be decoded by GPT-2's BPE
+        e = self.cfg.eval
+        enc = self.tokenizer()
+        prompt = enc.encode(e.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
+        idx = torch.tensor([prompt] * e.sample_count, dtype=torch.long, device=self.device)
+        with autocast_context(self.dtype, self.device):
+            out = self.backend.raw_model.generate(
+                idx, e.sample_tokens, temperature=e.sample_temperature, top_k=e.sample_top_k, seed=self.cfg.train.seed
+            )
+        texts = [enc.decode([t for t in row.tolist() if t < enc.n_vocab]) for row in out]
+        if self.ctx.is_main:
+            with open(self.run_dir / "samples.txt", "a") as f:
+                for i, text in enumerate(texts):
+                    f.write(f"=== step {self.step} sample {i}\n{text}\n")
+                    self.log.info(f"--- sample {i} (step {self.step})\n{text}\n---")
+            self.metrics.log("sample", self.step, {"text": texts})
+        return texts
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    def _log_step(self, r: StepResult) -> None:
+        tokens_per_s = r.tokens / (r.step_ms / 1e3)
+        mfu = flops.mfu(tokens_per_s, self.flops_per_token, self.peak_flops) if self.peak_flops else None
+        values: dict[str, Any] = {
+            "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": r.step_ms, "data_ms": r.data_ms,
+            "tokens_per_s": tokens_per_s, "mfu": mfu, "tokens": self.step * r.tokens,
+        }
+        self.metrics.log("train", r.step, values)
+        if r.step % self.cfg.log.console_every == 0 or r.step == self.cfg.train.max_steps:
+            mfu_text = f" | mfu {100 * mfu:5.1f}%" if mfu is not None else ""
+            self.log.info(
+                f"step {r.step:>6}/{self.cfg.train.max_steps} | loss {r.loss:.4f} | lr {r.lr:.2e} | "
+                f"norm {r.grad_norm:6.3f} | {r.step_ms:8.1f} ms | {tokens_per_s:10,.0f} tok/s{mfu_text}"
+            )
+
+    def fit(self) -> dict[str, Any]:
+        cfg, plan = self.cfg, self.plan
+        self.log.info(
+            f"gptdist | backend {cfg.backend} | world {self.ctx.world_size} | device {self.device} | "
+            f"dtype {self.dtype} | params {self.backend.raw_model.num_params():,} | "
+            f"batch {plan.micro_batch}x{plan.seq_len} x {plan.world_size} ranks x {plan.grad_accum} accum "
+            f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir}"
+        )
+        losses: list[float] = []
+        last_val: Optional[float] = None
+        while self.step < cfg.train.max_steps:
+            result = self.train_step()
+            losses.append(result.loss)
+            self._log_step(result)
+            last_step = self.step == cfg.train.max_steps
+            if (cfg.eval.val_every and self.step % cfg.eval.val_every == 0) or (last_step and cfg.eval.val_every):
+                last_val = self.evaluate()
+            if cfg.eval.sample_every and self.step % cfg.eval.sample_every == 0 and not last_step:
+                self.sample()
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and not last_step:
+                self.save_checkpoint()
+        if cfg.checkpoint.at_end:
+            self.save_checkpoint()
+        self.sample()
+        summary = {"steps": self.step, "final_loss": losses[-1] if losses else None, "val_loss": last_val, "losses": losses}
+        if self.ctx.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.backend.close()
+
+
+def train(cfg: Config, ctx: DistContext) -> dict[str, Any]:
+    trainer = Trainer(cfg, ctx)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
