@@ -85,8 +85,10 @@ class ShardWriter:
 
     def _flush(self) -> None:
         name = shard_name(self.split, len(self.shards))
-        sha = write_shard(self.folder / name, self.buffer[: self.filled])
-        self.shards.append({"file": name, "split": self.split, "tokens": int(self.filled), "sha256": sha})
+        tokens = self.buffer[: self.filled]
+        sha = write_shard(self.folder / name, tokens)
+        self.shards.append({"file": name, "split": self.split, "tokens": int(self.filled), "sha256": sha,
+                            "max_token": int(tokens.max())})
         self.filled = 0
 
 
@@ -117,7 +119,7 @@ def _labelled_documents(source: Source, val_fraction: Optional[float]) -> Iterat
             yield None, text
     elif source.single_document:
         (text,) = list(source.documents())
-        cut = len(text) - int(len(text) * val_fraction)  # nanoGPT: train = text[:int(n*0.9)], val = the rest
+        cut = int(len(text) * (1.0 - val_fraction))  # nanoGPT: train = data[:int(n*0.9)], val = the rest
         yield "train", text[:cut]
         if cut < len(text):
             yield "val", text[cut:]
