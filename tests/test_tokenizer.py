@@ -56,3 +56,13 @@ def test_offline_without_cache_or_mirror_fails_fast(tmp_path, monkeypatch):
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert "unreachable" in message and tokenizer.MIRROR_ENV in message and "\n" not in message
+
+
+def test_empty_cache_variable_still_uses_the_mirror(tmp_path, monkeypatch, mirror):
+    # TIKTOKEN_CACHE_DIR="" turns tiktoken's cache off (it would always download): seeding must replace it
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    monkeypatch.setattr(tokenizer.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert not tokenizer.is_cached()
+    tokenizer.get_tokenizer(mirror)
+    assert tokenizer.os.environ["TIKTOKEN_CACHE_DIR"] == str(tmp_path / "data-gym-cache")
+    assert tokenizer.is_cached()
