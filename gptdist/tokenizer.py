@@ -31,12 +31,18 @@ BPE_FILES = {
 MIRROR_ENV = "GPTDIST_DATA_MIRROR"
 
 
-def cache_dir() -> Path:
-    """The folder tiktoken reads (its own rule: TIKTOKEN_CACHE_DIR, else DATA_GYM_CACHE_DIR, else tmp)."""
+def _cache_setting() -> Optional[str]:
+    """tiktoken's own rule: TIKTOKEN_CACHE_DIR if *set*, else DATA_GYM_CACHE_DIR if set, else None.
+    A variable set to "" counts (tiktoken then caches nothing and always downloads)."""
     for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
-        if os.environ.get(var):
-            return Path(os.environ[var])
-    return Path(tempfile.gettempdir()) / "data-gym-cache"
+        if var in os.environ:
+            return os.environ[var]
+    return None
+
+
+def cache_dir() -> Path:
+    """The folder tiktoken reads (its default is <tmp>/data-gym-cache)."""
+    return Path(_cache_setting() or Path(tempfile.gettempdir()) / "data-gym-cache")
 
 
 def _cache_name(url: str) -> str:
@@ -44,6 +50,8 @@ def _cache_name(url: str) -> str:
 
 
 def is_cached() -> bool:
+    if _cache_setting() == "":
+        return False  # tiktoken's caching is off: it would download even if the files were on disk
     return all((cache_dir() / _cache_name(url)).is_file() for url in BPE_FILES.values())
 
 
@@ -54,12 +62,13 @@ def mirror_dir(mirror: Optional[str | os.PathLike] = None) -> Optional[Path]:
 
 def seed_cache_from_mirror(mirror: str | os.PathLike) -> Path:
     """Copy `<mirror>/gpt2_bpe/{vocab.bpe,encoder.json}` into tiktoken's cache under their sha1 names.
-    Sets TIKTOKEN_CACHE_DIR if it was unset so tiktoken reads exactly this folder."""
+    Sets TIKTOKEN_CACHE_DIR if it was unset or empty so tiktoken reads exactly this folder."""
     src = Path(mirror) / "gpt2_bpe"
     missing = [name for name in BPE_FILES if not (src / name).is_file()]
     if missing:
         raise TokenizerError(f"offline mirror {mirror} lacks gpt2_bpe/{', gpt2_bpe/'.join(missing)}")
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache_dir()))
+    if not _cache_setting():  # unset, or "" (caching off): point tiktoken at the folder we fill
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache_dir())
     dst = cache_dir()
     dst.mkdir(parents=True, exist_ok=True)
     for name, url in BPE_FILES.items():
