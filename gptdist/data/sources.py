@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -49,12 +50,21 @@ class Source:
 
 
 def _reachable(host: str, port: int = 443, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """A TCP connect with a short timeout: the fast answer to "are we offline?"."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    """A TCP connect with a short timeout: the fast answer to "are we offline?". The connect runs in a
+    daemon thread because the DNS lookup before it ignores socket timeouts and can hang on a dead resolver."""
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout_s + 0.5)
+    return bool(answer and answer[0])
 
 
 def _is_true(value: Optional[str]) -> bool:
