@@ -185,7 +185,7 @@ def save(
         if ctx.is_main:
             torch.save({"model": model_sd, "optim": optim_sd}, tmp / "state.pt")
     else:
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "state"))
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "state"), no_dist=not ctx.has_group)
     torch.save(rank_state, tmp / f"rank{ctx.rank}.pt")
     barrier(ctx)
 
@@ -231,22 +231,18 @@ def load(
     else:
         if optimizer is None:
             model_sd = get_model_state_dict(module)
-            dcp.load({"model": model_sd}, checkpoint_id=str(path / "state"))
+            dcp.load({"model": model_sd}, checkpoint_id=str(path / "state"), no_dist=not ctx.has_group)
             set_model_state_dict(module, model_sd)
         else:
             # Templates with this run's sharding; DCP fills them, resharding from the saved layout.
             model_sd, optim_sd = get_state_dict(module, optimizer)
-            dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "state"))
+            dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "state"), no_dist=not ctx.has_group)
             set_state_dict(module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     rank_file = path / f"rank{ctx.rank}.pt"
     rank_state = None
     if meta["world_size"] == ctx.world_size and rank_file.is_file():
         rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
     return meta, rank_state
-
-
-def load_rank_state(path: Path, rank: int) -> dict[str, Any]:
-    return torch.load(path / f"rank{rank}.pt", map_location="cpu", weights_only=False)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", **config_overrides: Any) -> GPT:

@@ -67,7 +67,8 @@ class TrainSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     tf32: bool = True  # TF32 matmuls on CUDA (no effect on CPU)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile each transformer block
+    peak_tflops: float = 0.0  # device peak for MFU; 0 = from gptdist.flops' table (None on CPUs)
 
 
 @dataclass

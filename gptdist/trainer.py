@@ -98,8 +98,11 @@ class Trainer:
         if self.resume_from is not None:
             self._resume(self.resume_from)
 
-        self.flops_per_token = flops.flops_per_token(model, cfg.data.seq_len)
-        self.peak_flops = flops.peak_flops(self.device, self.dtype)
+        self.flops_per_token = flops.flops_per_token(self.model_config, cfg.data.seq_len)
+        self.peak_flops = flops.peak_flops(
+            self.device, {"bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype],
+            override=cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else None,
+        )
         self.metrics = MetricsLogger(
             self.run_dir, ctx.is_main, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
             self.run_dir.name, cfg.to_dict(),
@@ -127,12 +130,10 @@ class Trainer:
             self.train_loader.load_state_dict(rank_state["loader"])
             ckpt.set_rng_state(rank_state["rng"])
         else:
-            # Another world size: per-rank positions don't map one to one. Continue from where rank 0's
-            # stream was, which keeps the global data order when the loader counts in global batches.
-            state = ckpt.load_rank_state(path, 0)
-            self.train_loader.load_state_dict(state["loader"])
-            self.log.info(f"resumed at another world size ({meta['world_size']} -> {self.ctx.world_size}): "
-                          "data order continues from rank 0's position; RNG reseeded")
+            # Another world size: a rank's position in the old layout names other tokens in the new one,
+            # so the data stream starts again. Weights, optimizer and step are restored exactly.
+            self.log.warning(f"resumed at another world size ({meta['world_size']} -> {self.ctx.world_size}): "
+                             "the data loader starts from the beginning; resume is exact only at the same world size")
         self.log.info(f"resumed from {path} at step {self.step}")
 
     def save_checkpoint(self) -> Path:

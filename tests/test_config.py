@@ -1,0 +1,63 @@
+import pytest
+
+from gptdist.config import batch_plan, build_config, parse_overrides, resolve_model
+from gptdist.errors import ConfigError
+from launchers import python
+
+
+def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 7\n  lr: 6e-4\nmodel:\n  preset: test\ndata:\n  seq_len: 32\n")
+    cfg = build_config(path, [("train.max_steps", 9), ("backend", "ddp")])
+    assert cfg.train.max_steps == 9 and cfg.backend == "ddp"
+    assert cfg.train.lr == pytest.approx(6e-4)  # YAML 1.1 reads 6e-4 as a string; we accept it as a float
+    assert resolve_model(cfg).n_embd == 32  # from the preset
+
+
+def test_cli_override_forms():
+    path, overrides = parse_overrides(["--config", "x.yaml", "--train.max_steps=5", "--backend", "fsdp", "--log.wandb"])
+    assert path == "x.yaml"
+    assert overrides == [("train.max_steps", 5), ("backend", "fsdp"), ("log.wandb", True)]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.max_stepz": 3}, r"unknown config key 'train.max_stepz' \(did you mean 'max_steps'\?\); valid keys here: max_steps"),
+        ({"trian.lr": 1.0}, r"unknown config key 'trian' \(did you mean 'train'\?\)"),
+        ({"train.max_steps": "ten"}, r"train.max_steps: expected an integer, got 'ten'"),
+        ({"train.compile": "yes"}, r"train.compile: expected true or false"),
+        ({"backend": "zero"}, r"backend: 'zero' is not one of none, manual, ddp, fsdp"),
+        ({"model.attention": "flash"}, r"model.attention: 'flash' is not one of naive, sdpa"),
+        ({"model.preset": "gpt5"}, r"model.preset: 'gpt5' is not one of"),
+        ({"parallel.reshard_after_forward": False}, r"parallel.reshard_after_forward is a fsdp option but backend is 'none'"),
+        ({"parallel.bucket_cap_mb": 5.0, "backend": "ddp"}, r"parallel.bucket_cap_mb is a manual option but backend is 'ddp'"),
+        ({"model.preset": "test", "data.seq_len": 65}, r"data.seq_len \(65\) exceeds model.block_size \(64\)"),
+        ({"model.n_head": 5}, r"model.n_embd \(256\) must be divisible by model.n_head \(5\)"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, overrides)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  max_steps: 3\n lr: [\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML in .*bad.yaml at line \d+"):
+        build_config(path)
+
+
+def test_batch_plan_accumulation_and_impossible_combinations():
+    cfg = build_config(None, {"data.batch_size": 4, "data.seq_len": 64, "train.global_batch_tokens": 4 * 64 * 2 * 3})
+    plan = batch_plan(cfg, world_size=2)
+    assert plan.grad_accum == 3 and plan.tokens_per_step == 1536
+    with pytest.raises(ConfigError, match=r"not a multiple of batch_size\*seq_len\*world_size"):
+        batch_plan(cfg, world_size=4)
+
+
+def test_launch_script_prints_one_line_error_and_exits_2():
+    proc = python(["launch/train.py", "--train.max_stepz=1"], check=False, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown config key 'train.max_stepz'")

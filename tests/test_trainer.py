@@ -1,0 +1,113 @@
+"""The training loop on one process (backend none): run folder, metrics, checkpoints, exact resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptdist import checkpoint as ckpt
+from gptdist.config import build_config
+from gptdist.dist import init_distributed
+from gptdist.errors import CheckpointError, ConfigError
+from gptdist.trainer import Trainer, train
+from synthetic import make_token_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_token_dataset(tmp_path_factory.mktemp("data"))
+
+
+def tiny(data_dir: Path, out_dir: Path, **overrides):
+    base = {
+        "model.preset": "test", "data.dir": str(data_dir), "data.batch_size": 4, "data.seq_len": 32,
+        "train.max_steps": 6, "train.global_batch_tokens": 4 * 32 * 2, "train.warmup_steps": 2, "train.lr": 3e-3,
+        "eval.val_every": 3, "eval.val_batches": 2, "log.out_dir": str(out_dir), "log.run_name": "run",
+    }
+    base.update(overrides)
+    return build_config(None, base)
+
+
+def read_metrics(run_dir: Path, kind: str) -> list[dict]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if r["kind"] == kind]
+
+
+def test_run_writes_folder_metrics_and_checkpoint(data_dir, tmp_path):
+    summary = train(tiny(data_dir, tmp_path), init_distributed("cpu"))
+    run = tmp_path / "run"
+    steps = read_metrics(run, "train")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "lr", "grad_norm", "step_ms", "tokens_per_s", "mfu", "data_ms"):
+        assert key in steps[0]
+    assert steps[0]["mfu"] is None  # no peak FLOP/s is defined for a CPU
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert [r["step"] for r in read_metrics(run, "val")] == [3, 6]
+    assert summary["losses"] == [r["loss"] for r in steps]
+    assert (run / "config.yaml").is_file() and (run / "logs" / "rank0.log").is_file()
+    assert ckpt.latest_checkpoint(run / "checkpoints").name == "step_000006"
+
+
+def test_lr_schedule_warms_up_then_decays(data_dir, tmp_path):
+    train(tiny(data_dir, tmp_path, **{"train.max_steps": 10, "train.warmup_steps": 3, "eval.val_every": 0}), init_distributed("cpu"))
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run", "train")]
+    assert lrs[:3] == pytest.approx([1e-3, 2e-3, 3e-3])
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 3e-4  # cosine towards the 10% floor
+
+
+@pytest.mark.parametrize("fmt", ["sharded", "full"])
+def test_resume_equals_uninterrupted_run(data_dir, tmp_path, fmt):
+    """6 steps straight vs. the same run resumed from its step-3 checkpoint: bitwise-equal losses."""
+    common = {"checkpoint.every": 3, "checkpoint.format": fmt, "checkpoint.keep_last": 5}
+    full = train(tiny(data_dir, tmp_path, **common), init_distributed("cpu"))
+    step3 = tmp_path / "run" / "checkpoints" / "step_000003"
+    resumed = train(
+        tiny(data_dir, tmp_path, **common, **{"log.run_name": "resumed", "checkpoint.resume": str(step3)}),
+        init_distributed("cpu"),
+    )
+    assert resumed["losses"] == full["losses"][3:]  # exact: same data position, optimizer state, schedule
+    a = ckpt.load_model(tmp_path / "run")
+    b = ckpt.load_model(tmp_path / "resumed")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_resume_auto_continues_the_run_folder(data_dir, tmp_path):
+    first = train(tiny(data_dir, tmp_path, **{"train.max_steps": 6, "checkpoint.every": 3}), init_distributed("cpu"))
+    # The same run, "killed" after its step-3 checkpoint: drop the later checkpoint and resume with auto.
+    run = tmp_path / "run"
+    again = train(tiny(data_dir, tmp_path / "other", **{"checkpoint.every": 3}), init_distributed("cpu"))
+    assert again["losses"] == first["losses"]  # determinism across runs
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step_000006")
+    (run / "checkpoints" / "latest").write_text("step_000003\n")
+    resumed = train(tiny(data_dir, tmp_path, **{"checkpoint.resume": "auto", "checkpoint.every": 3}), init_distributed("cpu"))
+    assert resumed["losses"] == first["losses"][3:]
+
+
+def test_existing_run_folder_is_refused_and_kept(data_dir, tmp_path):
+    train(tiny(data_dir, tmp_path, **{"train.max_steps": 1}), init_distributed("cpu"))
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(ConfigError, match="already exists; pass --checkpoint.resume=auto"):
+        Trainer(tiny(data_dir, tmp_path, **{"train.max_steps": 1}), init_distributed("cpu"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_checkpoint_from_another_model_shape_is_refused(data_dir, tmp_path):
+    train(tiny(data_dir, tmp_path, **{"train.max_steps": 1}), init_distributed("cpu"))
+    cfg = tiny(data_dir, tmp_path, **{"model.n_embd": 64, "log.run_name": "b", "checkpoint.resume": str(tmp_path / "run")})
+    with pytest.raises(CheckpointError, match=r"another model shape: n_embd=32 \(checkpoint\) vs 64 \(config\)"):
+        Trainer(cfg, init_distributed("cpu"))
+
+
+def test_interrupted_save_leaves_previous_checkpoint(data_dir, tmp_path):
+    train(tiny(data_dir, tmp_path, **{"train.max_steps": 3, "eval.val_every": 0}), init_distributed("cpu"))
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    # What a save killed half-way leaves behind: a .tmp folder without COMPLETE.
+    stale = ckpt_dir / "step_000009.tmp"
+    stale.mkdir()
+    (stale / "meta.json").write_text("{}")
+    assert ckpt.latest_checkpoint(ckpt_dir).name == "step_000003"
+    assert ckpt.resolve(tmp_path / "run").name == "step_000003"
