@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,6 +50,8 @@ from gptdist.model import GPT, GPTConfig
 
 COMPLETE_MARKER = "COMPLETE"
 LATEST_POINTER = "latest"
+# DCP warns on every single-process save/load that it "assumes a single process", even with no_dist=True.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 # GPTConfig fields that change parameter shapes; the others (attention path, dropout, ...) may differ on resume.
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 
