@@ -215,7 +215,7 @@ def aligned_size(op: str, nbytes: int, world_size: int, elt_size: int) -> int:
 # One collective at one size: buffers, the call, the expected result
 
 
-# torch >= 2.10 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (same semantics).
+# Newer torch renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (same semantics).
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 

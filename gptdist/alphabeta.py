@@ -56,8 +56,8 @@ class AlphaBetaFit:
     world_size: int
     alpha_us: float  # latency: the time of a zero-byte call
     beta_us_per_byte: float  # inverse bandwidth
-    algbw_gbps: float  # 1/β in GB/s (1 GB = 1e9 B, as nccl-tests)
-    busbw_gbps: float  # busbw_factor/β in GB/s
+    algbw_gbps: float | None  # 1/β in GB/s (1 GB = 1e9 B, as nccl-tests); inf (null in JSON) when β = 0
+    busbw_gbps: float | None  # busbw_factor/β in GB/s
     rel_rms_error: float  # sqrt(mean(((pred − t)/t)²)) over the fitted points
     r2_log: float  # R² of log(pred) against log(t): the quality a log–log plot shows
     n_points: int
@@ -178,11 +178,16 @@ class CommModel:
             "model": "time_us = alpha_us + beta_us_per_byte * size_bytes (size as comm_bench's 'size' column)",
             "fit": "least squares in relative error, alpha >= 0, beta >= 0",
             "metadata": self.metadata,
-            "fits": [asdict(f) for f in sorted(self.fits.values(), key=lambda f: (OPS.index(f.op) if f.op in OPS else 99, f.world_size))],
+            "fits": [_finite_or_none(asdict(f)) for f in sorted(self.fits.values(), key=lambda f: (OPS.index(f.op) if f.op in OPS else 99, f.world_size))],
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2, allow_nan=True) + "\n")
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_none(entry: dict) -> dict:
+    """Strict JSON has no Infinity: a bandwidth with β = 0 (no size dependence measured) is written as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
 
 
 def load_fit(path: str | Path) -> CommModel:
