@@ -77,7 +77,7 @@ def progress_bar(total: int, desc: str, enabled: bool, ctx: DistContext):
     return tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True)
 
 
-def autocast_context(device: torch.device, dtype: str = "auto") -> Autocast:
+def autocast_factory(device: torch.device, dtype: str = "auto") -> Autocast:
     """A zero-argument factory of autocast contexts: bf16 on CUDA for "auto"/"bfloat16", else none."""
     if dtype not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"dtype must be auto, float32 or bfloat16, not {dtype!r}")
@@ -333,11 +333,13 @@ def run_eval_tasks(
     """Run the named tasks and return {"val": {"loss"}, "hellaswag": {...}, "lambada": {...}}."""
     from gptdist.errors import ConfigError
 
-    vocab = model_vocab_size(model)
-    if vocab < enc.n_vocab:
-        raise ConfigError(f"the model's vocab_size {vocab} is smaller than the GPT-2 tokenizer's {enc.n_vocab}")
     results: dict = {}
     for task in tasks:
+        if task in ("hellaswag", "lambada") and model_vocab_size(model) < enc.n_vocab:
+            raise ConfigError(
+                f"{task} needs GPT-2's tokenizer, but the model's vocab_size {model_vocab_size(model)} "
+                f"is smaller than its {enc.n_vocab}"
+            )
         if task == "val":
             if data_dir is None:
                 raise ConfigError("task 'val' needs --data-dir (a folder written by launch/prepare_data.py)")

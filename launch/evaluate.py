@@ -49,7 +49,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from gptdist.dist import init_distributed, teardown
-    from gptdist.evaluate import autocast_context, load_model_for_eval, parse_tasks, run_eval_tasks
+    from gptdist.evaluate import autocast_factory, load_model_for_eval, parse_tasks, run_eval_tasks
     from gptdist.tokenizer import get_tokenizer
 
     try:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
             val_batches=args.val_batches, limit=args.limit,
             hellaswag_path=args.hellaswag_file, lambada_path=args.lambada_file,
             items_per_forward=args.items_per_forward,
-            autocast=autocast_context(ctx.device, args.dtype), progress=not args.no_progress,
+            autocast=autocast_factory(ctx.device, args.dtype), progress=not args.no_progress,
         )
     except GptdistError as exc:
         print(f"error: {exc}", file=sys.stderr)
