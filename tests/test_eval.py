@@ -5,7 +5,6 @@ distributed split (real gloo processes) against a single process, and the launch
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import math
 import sys
