@@ -1,0 +1,90 @@
+"""Benchmark evals (HellaSwag, LAMBADA) and the file handling they share.
+
+Each eval's data file is found in this order:
+1. an explicit path;
+2. the offline mirror, `$GPTDIST_DATA_MIRROR/<relative path>` (laid out like ../shared/data);
+3. a cached download under `$GPTDIST_CACHE_DIR` (default ~/.cache/gptdist), fetched from the
+   official URL on first use. With no network this fails within seconds with a message that says to
+   set GPTDIST_DATA_MIRROR, instead of hanging in a retry loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Optional
+
+from gptdist.errors import DataError
+
+MIRROR_ENV = "GPTDIST_DATA_MIRROR"
+CACHE_ENV = "GPTDIST_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    value = os.environ.get(CACHE_ENV)
+    return Path(value) if value else Path.home() / ".cache" / "gptdist"
+
+
+def _reachable(host: str, timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def download(url: str, target: Path, timeout_s: float = 60.0) -> Path:
+    """Fetch url to target (atomic rename, so concurrent ranks never read half a file)."""
+    host = urllib.parse.urlparse(url).hostname or ""
+    if not _reachable(host):
+        raise DataError(
+            f"cannot download {url}: {host} is unreachable; set {MIRROR_ENV}=/path/to/mirror "
+            f"(a folder laid out like shared/data) or pass the file's path"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(tmp, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot download {url}: {exc}") from None
+    return target
+
+
+def resolve_data_file(path: Optional[str | os.PathLike], mirror_relpath: str, url: str, cache_name: str) -> Path:
+    """An explicit path, else the mirror copy, else a cached download of the official file."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
+        return p
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror and (Path(mirror) / mirror_relpath).is_file():
+        return Path(mirror) / mirror_relpath
+    cached = cache_dir() / cache_name
+    if cached.is_file():
+        return cached
+    return download(url, cached)
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number from 1, object) for every non-blank line; a line that is not a JSON object raises
+    DataError naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
