@@ -29,13 +29,15 @@ from gptdist import flops
 from gptdist.config import Config, batch_plan, resolve_model
 from gptdist.data.loader import TokenLoader
 from gptdist.dist import DistContext
-from gptdist.errors import CheckpointError, DataError, GptdistError
-from gptdist.evaluate import validation_loss
+from gptdist.errors import GptdistError
+from gptdist.evals.hellaswag import evaluate_hellaswag, load_hellaswag
+from gptdist.evaluate import sample_text, validation_loss
 from gptdist.instrument.sinks import MetricsLogger
 from gptdist.model import GPT
 from gptdist.optim import build_optimizer, lr_at, set_lr
 from gptdist.parallel import parallelize
 from gptdist.run_dir import prepare_run_dir, setup_logging
+from gptdist.tokenizer import GPT2_VOCAB_SIZE
 
 
 def resolve_dtype(setting: str, device: torch.device) -> str:
@@ -108,6 +110,7 @@ class Trainer:
             self.run_dir.name, cfg.to_dict(),
         )
         self._tokenizer = None
+        self._hellaswag_items = None
 
     # ------------------------------------------------------------------------------------------
     # Resume
@@ -209,20 +212,20 @@ class Trainer:
             self._tokenizer = get_tokenizer()
         return self._tokenizer
 
+    def _has_gpt2_vocab(self) -> bool:
+        return self.model_config.vocab_size >= GPT2_VOCAB_SIZE  # test-size vocabularies can't be decoded
+
     def sample(self) -> list[str]:
         """Text from the current model. Every rank runs it (FSDP's forward needs all ranks);
         rank 0 prints and saves."""
-        if self.model_config.vocab_size < 50257:
-            return []  # test-size vocabularies can't be decoded by GPT-2's BPE
+        if not self._has_gpt2_vocab():
+            return []
         e = self.cfg.eval
-        enc = self.tokenizer()
-        prompt = enc.encode(e.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
-        idx = torch.tensor([prompt] * e.sample_count, dtype=torch.long, device=self.device)
         with autocast_context(self.dtype, self.device):
-            out = self.backend.raw_model.generate(
-                idx, e.sample_tokens, temperature=e.sample_temperature, top_k=e.sample_top_k, seed=self.cfg.train.seed
+            texts = sample_text(
+                self.backend.raw_model, self.tokenizer(), e.sample_prompt, e.sample_count, e.sample_tokens,
+                temperature=e.sample_temperature, top_k=e.sample_top_k, seed=self.cfg.train.seed, device=self.device,
             )
-        texts = [enc.decode([t for t in row.tolist() if t < enc.n_vocab]) for row in out]
         if self.ctx.is_main:
             with open(self.run_dir / "samples.txt", "a") as f:
                 for i, text in enumerate(texts):
@@ -230,6 +233,21 @@ class Trainer:
                     self.log.info(f"--- sample {i} (step {self.step})\n{text}\n---")
             self.metrics.log("sample", self.step, {"text": texts})
         return texts
+
+    def hellaswag(self) -> Optional[dict[str, float]]:
+        """HellaSwag accuracy (items spread over ranks; every rank must call this)."""
+        if not self._has_gpt2_vocab():
+            return None
+        if self._hellaswag_items is None:
+            self._hellaswag_items = load_hellaswag()
+        result = evaluate_hellaswag(
+            self.backend.module, self.tokenizer(), self._hellaswag_items, self.ctx, self.device,
+            limit=self.cfg.eval.hellaswag_limit, progress=False,
+            autocast=lambda: autocast_context(self.dtype, self.device),
+        )
+        self.metrics.log("eval", self.step, {"hellaswag_acc_norm": result["acc_norm"], "hellaswag_acc": result["acc"]})
+        self.log.info(f"step {self.step:>6} | hellaswag acc_norm {result['acc_norm']:.4f} acc {result['acc']:.4f} (n={result['n']})")
+        return result
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -266,6 +284,8 @@ class Trainer:
             last_step = self.step == cfg.train.max_steps
             if (cfg.eval.val_every and self.step % cfg.eval.val_every == 0) or (last_step and cfg.eval.val_every):
                 last_val = self.evaluate()
+            if cfg.eval.hellaswag_every and (self.step % cfg.eval.hellaswag_every == 0 or last_step):
+                self.hellaswag()
             if cfg.eval.sample_every and self.step % cfg.eval.sample_every == 0 and not last_step:
                 self.sample()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and not last_step:

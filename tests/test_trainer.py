@@ -111,3 +111,18 @@ def test_interrupted_save_leaves_previous_checkpoint(data_dir, tmp_path):
     (stale / "meta.json").write_text("{}")
     assert ckpt.latest_checkpoint(ckpt_dir).name == "step_000003"
     assert ckpt.resolve(tmp_path / "run").name == "step_000003"
+
+
+def test_gpt2_vocab_run_logs_hellaswag_and_samples(data_dir, tmp_path):
+    """With GPT-2's vocabulary the loop also scores HellaSwag (a few items) and writes text samples."""
+    cfg = tiny(data_dir, tmp_path, **{
+        "model.vocab_size": 50304, "train.max_steps": 2, "eval.val_every": 0,
+        "eval.hellaswag_every": 2, "eval.hellaswag_limit": 8, "eval.sample_tokens": 5, "eval.sample_prompt": "ROMEO:",
+    })
+    train(cfg, init_distributed("cpu"))
+    run = tmp_path / "run"
+    (hs,) = read_metrics(run, "eval")
+    assert hs["step"] == 2 and 0.0 <= hs["hellaswag_acc_norm"] <= 1.0 and 0.0 <= hs["hellaswag_acc"] <= 1.0
+    (sample,) = read_metrics(run, "sample")
+    assert sample["text"][0].startswith("ROMEO:")
+    assert "=== step 2 sample 0\nROMEO:" in (run / "samples.txt").read_text()
