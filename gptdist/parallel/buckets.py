@@ -87,3 +87,33 @@ def plan_buckets(
             bucket = new_bucket(kind)  # full: close it, this parameter starts the next one
         bucket.add(name, p)
     return buckets
+
+
+def describe(buckets: list[Bucket]) -> str:
+    """One line per bucket: index, size, parameter count, first and last parameter name."""
+    lines = []
+    for b in buckets:
+        span = b.names[0] if len(b.names) == 1 else f"{b.names[0]} .. {b.names[-1]}"
+        lines.append(f"bucket {b.index:3d}  {b.bytes / MB:9.3f} MiB  {len(b.names):4d} params  {span}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """`python -m gptdist.parallel.buckets --preset gpt2`: print the manual backend's bucket plan."""
+    import argparse
+
+    from gptdist.model import GPT, PRESETS
+
+    parser = argparse.ArgumentParser(description="Print the gradient bucket plan of a model preset.")
+    parser.add_argument("--preset", default="gpt2", choices=sorted(PRESETS))
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    parser.add_argument("--first-bucket-mb", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    with torch.device("meta"):  # shapes only
+        model = GPT(PRESETS[args.preset])
+    buckets = plan_buckets(model.named_parameters(), int(args.bucket_cap_mb * MB), int(args.first_bucket_mb * MB))
+    print(describe(buckets))
+
+
+if __name__ == "__main__":
+    main()
