@@ -193,3 +193,14 @@ def test_top_k_one_is_greedy_and_context_is_cropped():
     top1 = model.generate(prompt, max_new_tokens=5, temperature=1.0, top_k=1, seed=0)
     assert greedy.shape == (1, TEST.block_size + 5)
     assert torch.equal(greedy, top1)
+
+
+def test_model_summary_table_counts_the_built_models():
+    from gptdist.model_summary import preset_rows
+
+    rows = {r["name"]: r for r in preset_rows()}
+    assert rows.keys() == PRESETS.keys()
+    assert rows["gpt2"]["params"] == 124_439_808
+    assert rows["gpt2"]["params_padded"] == 124_475_904
+    assert rows["gpt2"]["params_non_embedding"] == 123_653_376
+    assert rows["gpt2"]["flops_per_token"] == 855_166_464
