@@ -151,6 +151,7 @@ def load_reference(path: str) -> tuple[Callable[[GPTConfig], torch.nn.Module], s
         raise GptdistError(f"reference model file {path} does not exist")
     spec = importlib.util.spec_from_file_location("reference_model", file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up here while the file executes
     spec.loader.exec_module(module)
     if not hasattr(module, "GPT") or not hasattr(module, "GPTConfig"):
         raise GptdistError(f"{path} defines no GPT and GPTConfig (expected a nanoGPT-style model.py)")
