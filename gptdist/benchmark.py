@@ -137,6 +137,8 @@ def hardware_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        # Other processes compete for the CPU: the 1/5/15-minute load averages when the run ended.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -183,8 +185,8 @@ def run_benchmark(settings: BenchSettings, reference: Optional[str] = None, log=
         raise GptdistError(f"n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
     if settings.seq_len > cfg.block_size:
         raise GptdistError(f"seq_len {settings.seq_len} exceeds block_size {cfg.block_size}")
-    if settings.steps < 2 or settings.rounds < 1 or settings.warmup < 0:
-        raise GptdistError("need steps >= 2, rounds >= 1, warmup >= 0")
+    if settings.steps < 1 or settings.rounds < 1 or settings.steps * settings.rounds < 2 or settings.warmup < 0:
+        raise GptdistError("need steps >= 1, rounds >= 1, steps * rounds >= 2 and warmup >= 0")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
@@ -210,10 +212,13 @@ def run_benchmark(settings: BenchSettings, reference: Optional[str] = None, log=
     per_round: list[dict[str, list[float]]] = []
     for r in range(settings.rounds):
         this_round = {}
-        for name, runner in runners.items():  # interleaved: ours, theirs, ours, theirs, ...
-            this_round[name] = runner.run(settings.steps)
+        # Interleaved, and the order flips every round (ours-theirs, theirs-ours, ...) so that a load that
+        # rises or falls over time favours neither model.
+        order = list(runners) if r % 2 == 0 else list(reversed(runners))
+        for name in order:
+            this_round[name] = runners[name].run(settings.steps)
             log(f"round {r + 1}/{settings.rounds} {name:9s} median {statistics.median(this_round[name]):8.2f} ms")
-        per_round.append(this_round)
+        per_round.append({name: this_round[name] for name in runners})
 
     results = {}
     for name in runners:
@@ -229,6 +234,7 @@ def run_benchmark(settings: BenchSettings, reference: Optional[str] = None, log=
             "ratio_definition": "median step time gptdist / reference, per round (< 1: gptdist faster)",
             "per_round": ratios,
             "median": statistics.median(ratios),
+            "quartiles": statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3,
             "min": min(ratios),
             "max": max(ratios),
         }
@@ -236,7 +242,7 @@ def run_benchmark(settings: BenchSettings, reference: Optional[str] = None, log=
     return {
         "benchmark": "train step (forward + backward + AdamW) on random tokens, one device",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if sys.argv[0] else "python", *sys.argv[1:]]),
+        "command": " ".join(["python", *(shlex.quote(a) for a in sys.argv)]),
         "hardware": hardware_info(device),
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "model"}, "model": asdict(cfg)},
         "tokens_per_step": tokens_per_step,
@@ -259,6 +265,7 @@ def to_markdown(result: dict, notes: list[str]) -> str:
         f"- command: `{result['command']}`",
         f"- hardware: {hw['cpu_model']}, {hw['cpus_usable']} usable of {hw['cpu_count']} CPUs, "
         f"torch threads {hw['torch_threads']}" + (f", GPU {hw['gpu']}" if "gpu" in hw else ""),
+        f"- load average (1/5/15 min) at the end: {hw['load_average']}",
         f"- software: torch {hw['torch']}, Python {hw['python']}, {hw['platform']}",
         f"- model: n_layer {m['n_layer']}, n_head {m['n_head']}, n_embd {m['n_embd']}, vocab {m['vocab_size']}, "
         f"bias {m['bias']}, attention {m['attention']}; B {s['batch_size']}, T {s['seq_len']}, {s['dtype']}, "
@@ -281,7 +288,8 @@ def to_markdown(result: dict, notes: list[str]) -> str:
         per_round = ", ".join(f"{x:.3f}" for x in c["per_round"])
         lines += [
             "",
-            f"Ratio ({c['ratio_definition']}): median **{c['median']:.3f}**, range {c['min']:.3f} to {c['max']:.3f}; "
+            f"Ratio ({c['ratio_definition']}): median **{c['median']:.3f}**, "
+            f"quartiles {c['quartiles'][0]:.3f} / {c['quartiles'][2]:.3f}, range {c['min']:.3f} to {c['max']:.3f}; "
             f"per round: {per_round}.",
         ]
     if result["mfu_note"]:
@@ -307,7 +315,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--steps", type=int, default=20, help="timed steps per model per round")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (use > 1 with --reference)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds (with --reference: many short rounds, e.g. --steps 1 --rounds 30)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU where the table has none (e.g. a CPU)")
