@@ -201,3 +201,15 @@ def test_from_pretrained_local_folder(tmp_path):
 def test_from_pretrained_unknown_name():
     with pytest.raises(GptdistError, match="unknown model 'gpt3'"):
         from_pretrained("gpt3")
+
+
+def test_from_pretrained_reads_a_mirror_folder_before_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    hf = random_hf_model(*SHAPES[1])
+    hf.save_pretrained(tmp_path / "mirror" / "hf" / "gpt2")  # a stand-in with the name "gpt2"
+    ours = from_pretrained("gpt2", mirror=tmp_path / "mirror", attention="naive").eval()
+    assert ours.config.attention == "naive" and ours.config.n_layer == 2
+    idx = tokens(SHAPES[1][4], SHAPES[1][3])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=ATOL, rtol=0)
