@@ -36,6 +36,7 @@ def random_hf_model(n_layer, n_head, n_embd, n_positions, vocab_size, seed=0) ->
         n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=vocab_size,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=None, eos_token_id=None,
+        initializer_range=0.1,  # larger than GPT-2's 0.02 so activations reach where GELU variants differ
     )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # HF zero-inits biases and LayerNorm affine params: randomise them so they count
@@ -70,6 +71,9 @@ def test_ours_to_hf_same_logits(shape):
     torch.manual_seed(2)
     ours = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size)).eval()
+    with torch.no_grad():  # non-zero biases and LayerNorm shifts, weights large enough to tell GELUs apart
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     # Export into a fresh HF model through plain load_state_dict(strict=True): our exported dict must be
     # a complete, exactly shaped GPT2LMHeadModel state dict.
     hf = GPT2LMHeadModel(hf_config_from_gptconfig(ours.config)).eval()
