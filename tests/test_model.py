@@ -101,7 +101,15 @@ def test_activation_checkpointing_changes_nothing_but_memory(attention):
     checkpointed = GPT(dataclasses.replace(cfg, activation_checkpointing=True))
     checkpointed.load_state_dict(plain.state_dict())
     idx, targets = batch(cfg)
+    calls = {"plain": 0, "checkpointed": 0}
+    # Pre-hooks: the recomputation stops as soon as it has rebuilt what backward needs (torch's
+    # checkpoint "early stop"), so a hook at the end of the block would not see it.
+    plain.transformer.h[0].register_forward_pre_hook(lambda *_: calls.__setitem__("plain", calls["plain"] + 1))
+    checkpointed.transformer.h[0].register_forward_pre_hook(
+        lambda *_: calls.__setitem__("checkpointed", calls["checkpointed"] + 1))
     assert_same_run(grads_of(plain, idx, targets), grads_of(checkpointed, idx, targets), atol=1e-6, rtol=1e-5)
+    # Checkpointing really happened: the block's insides ran again during backward.
+    assert calls == {"plain": 1, "checkpointed": 2}
 
 
 def test_residual_projections_use_scaled_init():
