@@ -103,7 +103,7 @@ def peak_flops(
     if isinstance(device, str) and (device == "cpu" or device.startswith(("cpu", "cuda", "mps"))):
         device = torch.device(device)
     if isinstance(device, torch.device):
-        if device.type != "cuda":
+        if device.type != "cuda" or not torch.cuda.is_available():
             return None
         device = torch.cuda.get_device_name(device)
     key = device_key(device)

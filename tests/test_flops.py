@@ -74,3 +74,9 @@ def test_cpu_has_no_peak_unless_given():
     assert peak_flops("cpu", torch.float32, override=1e12) == 1e12
     assert dtype_key(torch.float32, allow_tf32=False) == "fp32"
     assert dtype_key("bfloat16") == "bf16"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_cuda_string_without_a_gpu_has_no_peak():
+    assert peak_flops("cuda", torch.bfloat16) is None
+    assert peak_flops(None, torch.bfloat16) is None

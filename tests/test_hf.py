@@ -36,6 +36,7 @@ def random_hf_model(n_layer, n_head, n_embd, n_positions, vocab_size, seed=0) ->
         n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=vocab_size,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=None, eos_token_id=None,
+        initializer_range=0.1,  # larger than GPT-2's 0.02 so activations reach where GELU variants differ
     )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # HF zero-inits biases and LayerNorm affine params: randomise them so they count
@@ -70,6 +71,9 @@ def test_ours_to_hf_same_logits(shape):
     torch.manual_seed(2)
     ours = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size)).eval()
+    with torch.no_grad():  # non-zero biases and LayerNorm shifts, weights large enough to tell GELUs apart
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     # Export into a fresh HF model through plain load_state_dict(strict=True): our exported dict must be
     # a complete, exactly shaped GPT2LMHeadModel state dict.
     hf = GPT2LMHeadModel(hf_config_from_gptconfig(ours.config)).eval()
@@ -201,3 +205,15 @@ def test_from_pretrained_local_folder(tmp_path):
 def test_from_pretrained_unknown_name():
     with pytest.raises(GptdistError, match="unknown model 'gpt3'"):
         from_pretrained("gpt3")
+
+
+def test_from_pretrained_reads_a_mirror_folder_before_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    hf = random_hf_model(*SHAPES[1])
+    hf.save_pretrained(tmp_path / "mirror" / "hf" / "gpt2")  # a stand-in with the name "gpt2"
+    ours = from_pretrained("gpt2", mirror=tmp_path / "mirror", attention="naive").eval()
+    assert ours.config.attention == "naive" and ours.config.n_layer == 2
+    idx = tokens(SHAPES[1][4], SHAPES[1][3])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=ATOL, rtol=0)

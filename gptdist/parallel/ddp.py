@@ -1,0 +1,56 @@
+"""`ddp`: torch's DistributedDataParallel, the production version of what `manual.py` does by hand.
+
+DDP broadcasts rank 0's parameters and buffers at construction, buckets the gradients (reverse
+parameter order, `parallel.ddp_bucket_cap_mb`, a small first bucket) and all-reduces each bucket
+during backward, in bucket order. `gradient_as_bucket_view=True` makes each `p.grad` a view of its
+bucket, as in the manual backend (no copy, less memory).
+
+The accumulation pitfall: DDP decides in FORWARD whether the coming backward syncs. `forward` reads
+`require_backward_grad_sync` (what the `no_sync()` context manager toggles) and only then prepares the
+reducer. Setting it after the forward and before the backward is too late: the backward would
+all-reduce anyway (or, the other way round, skip a sync it needed). Hence the trainer's contract:
+`set_grad_sync` is called BEFORE each micro-step's forward.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gptdist.dist import DistContext
+from gptdist.parallel.base import Backend
+
+
+class DDPBackend(Backend):
+    name = "ddp"
+
+    def __init__(self, model: nn.Module, ctx: DistContext, cfg):
+        super().__init__(model, ctx)
+        self.gradient_as_bucket_view = cfg.gradient_as_bucket_view
+        self.module = DistributedDataParallel(
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            bucket_cap_mb=cfg.ddp_bucket_cap_mb,
+            gradient_as_bucket_view=cfg.gradient_as_bucket_view,
+            # The model's only buffer is the constant causal mask, synced once at construction;
+            # re-broadcasting it before every forward would be a useless collective per micro-step.
+            broadcast_buffers=False,
+        )
+
+    def set_grad_sync(self, sync: bool) -> None:
+        super().set_grad_sync(sync)
+        # The flag `with ddp.no_sync():` sets; read by DDP's forward, so it must be set before it.
+        self.module.require_backward_grad_sync = sync
+
+    def finish_grad_sync(self) -> None:
+        # DDP's backward ends only after every bucket's all-reduce finished and was copied back
+        # (averaged) into the gradients, so there is nothing left to wait for.
+        pass
+
+    def zero_grad(self) -> None:
+        # With bucket views, zero in place: setting .grad to None would drop the views
+        # (DDP re-creates them, but zeroing keeps the memory layout fixed).
+        self.module.zero_grad(set_to_none=not self.gradient_as_bucket_view)
+
+    def parameters(self):
+        return self.raw_model.parameters()

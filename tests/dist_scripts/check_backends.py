@@ -1,0 +1,210 @@
+"""Check the data-parallel backends against a single-process reference, tensor by tensor.
+
+Run under torchrun (gloo on CPU); each rank also computes the reference itself, on the full global
+batch, so every rank checks its own replica:
+
+    OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 tests/dist_scripts/check_backends.py --out /tmp/r.json
+
+For every variant (backend + parallel options) it builds a fresh "test"-preset GPT (rank r > 0 starts
+from different weights, so the broadcast from rank 0 is checked too), trains `--steps` AdamW steps with
+`--grad-accum` micro-steps each (rank r takes rows r*B..(r+1)*B of every micro-batch of the global
+batch), and records the largest errors against the reference (max over ranks):
+
+- grad_err: after the first step's sync, max over parameters of max|g - g_ref| / max|g_ref|
+- nonsync_err: the same after the first (non-sync) micro-step, against THIS rank's local gradient
+  (proves no gradient was averaged before the last micro-step)
+- loss_err: max over steps of |loss - loss_ref| / loss_ref (loss averaged over ranks)
+- norm_err: max over steps of the relative error of the clipped global grad norm
+- param_err: after the last step, max over parameters of max|p - p_ref| / max|p_ref|
+- manual backends also report their all-reduce counts and launch order.
+Rank 0 writes everything as JSON to --out; the test decides what is close enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from gptdist.config import ParallelSection
+from gptdist.dist import all_reduce_scalar, init_distributed, teardown
+from gptdist.model import GPT, PRESETS
+from gptdist.parallel import backend_class
+
+# name -> (backend, parallel options). Small manual/ddp caps give several buckets on the tiny model
+# (c_fc's weight, 16 KiB, is larger than the 10 KiB cap and gets a bucket of its own).
+SMALL = dict(bucket_cap_mb=0.01, first_bucket_mb=0.002)
+VARIANTS = {
+    "manual": ("manual", dict(SMALL)),
+    "manual-no-overlap": ("manual", dict(SMALL, overlap=False)),
+    "manual-default-buckets": ("manual", {}),
+    "ddp": ("ddp", dict(ddp_bucket_cap_mb=0.01)),
+    "ddp-no-bucket-view": ("ddp", dict(gradient_as_bucket_view=False)),
+    "fsdp": ("fsdp", {}),
+    "fsdp-no-reshard": ("fsdp", dict(reshard_after_forward=False)),
+}
+
+SEED = 1234
+LR, MAX_NORM = 1e-2, 0.5
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP's sharded params and grads) as the full tensor; a plain tensor as is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
+
+
+def make_optimizer(params):
+    return torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def run_reference(gpt_cfg, x, y, rank, world, B):
+    """Single process on the full global batch. Also the local-only gradient of the first micro-step."""
+    torch.manual_seed(SEED)
+    model = GPT(gpt_cfg)
+    torch.manual_seed(SEED)
+    local = GPT(gpt_cfg)  # same weights: this rank's slice only, no communication
+    steps, A = x.shape[:2]
+    _, loss = local(x[0, 0, rank * B : (rank + 1) * B], y[0, 0, rank * B : (rank + 1) * B])
+    (loss / A).backward()
+    local_grads = {n: p.grad.clone() for n, p in local.named_parameters()}
+
+    gen = model.generate(x[0, 0, :2, :8].contiguous(), 4, temperature=0)  # at init, as the backends do
+    opt = make_optimizer(model.parameters())
+    losses, norms, first_grads = [], [], None
+    for s in range(steps):
+        step_loss = 0.0
+        for a in range(A):
+            _, loss = model(x[s, a], y[s, a])
+            (loss / A).backward()
+            step_loss += loss.item() / A
+        if s == 0:
+            first_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)))
+        losses.append(step_loss)
+        opt.step()
+        opt.zero_grad()
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return dict(losses=losses, norms=norms, grads=first_grads, local_grads=local_grads, params=params, gen=gen)
+
+
+def run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=True):
+    backend_name, options = VARIANTS[name]
+    torch.manual_seed(SEED + ctx.rank)  # ranks > 0 differ until the backend broadcasts rank 0's weights
+    model = GPT(gpt_cfg).to(ctx.device)
+    backend = backend_class(backend_name)(model, ctx, ParallelSection(**options))
+    is_manual = backend_name == "manual"
+    out: dict = {}
+    # Generation through the wrapped/sharded model, all ranks together, before any step.
+    if generate:
+        gen = backend.raw_model.generate(x[0, 0, :2, :8].contiguous(), 4, temperature=0)
+        out["generate_equal"] = bool(torch.equal(gen, ref["gen"]))
+
+    opt = make_optimizer(backend.parameters())
+    steps, A = x.shape[:2]
+    rows = slice(ctx.rank * B, (ctx.rank + 1) * B)
+    loss_errs, norm_errs, calls_per_step, launched_in_backward, launch_orders = [], [], [], [], []
+    for s in range(steps):
+        local_loss = 0.0
+        calls_before = backend.stats.all_reduce_calls if is_manual else 0
+        for a in range(A):
+            backend.set_grad_sync(a == A - 1)  # before the forward
+            _, loss = backend.module(x[s, a, rows].contiguous(), y[s, a, rows].contiguous())
+            (loss / A).backward()
+            local_loss += loss.item() / A
+            if a < A - 1 and is_manual:
+                assert backend.stats.all_reduce_calls == calls_before, "all-reduce on a non-sync micro-step"
+            if s == 0 and a == 0 and A > 1 and backend_name != "fsdp":
+                out["nonsync_err"] = max(
+                    rel_err(p.grad, ref["local_grads"][n]) for n, p in backend.raw_model.named_parameters()
+                )
+        if is_manual:
+            launched_in_backward.append(len(backend.launch_order))
+        backend.finish_grad_sync()
+        if is_manual:
+            calls_per_step.append(backend.stats.all_reduce_calls - calls_before)
+            launch_orders.append(backend.last_launch_order)
+        if s == 0:
+            out["grad_err"] = max(
+                rel_err(full(p.grad), ref["grads"][n]) for n, p in backend.raw_model.named_parameters()
+            )
+        norm = backend.clip_grad_norm(MAX_NORM)
+        norm_errs.append(abs(norm - ref["norms"][s]) / ref["norms"][s])
+        step_loss = all_reduce_scalar(local_loss, ctx, "sum") / ctx.world_size
+        loss_errs.append(abs(step_loss - ref["losses"][s]) / ref["losses"][s])
+        opt.step()
+        backend.zero_grad()
+    out["loss_err"] = max(loss_errs)
+    out["norm_err"] = max(norm_errs)
+    out["param_err"] = max(
+        rel_err(full(p.detach()), ref["params"][n]) for n, p in backend.raw_model.named_parameters()
+    )
+    out["clipped"] = any(n > MAX_NORM for n in ref["norms"])
+    if is_manual:
+        out["num_buckets"] = len(backend.buckets)
+        out["calls_per_step"] = calls_per_step
+        out["launch_orders"] = launch_orders
+        out["launched_in_backward"] = launched_in_backward
+        out["bucket_names"] = [b.names for b in backend.buckets]
+    backend.close()
+    del backend, model, opt
+    if not os.environ.get("NO_GC"):
+        gc.collect()  # free DDP/FSDP state (and its gloo work) while the process group still exists
+    return out
+
+
+def reduce_max_over_ranks(out: dict, ctx) -> dict:
+    """Errors: the worst rank. Booleans: all ranks. Everything else: rank 0's value."""
+    result = {}
+    for key, value in out.items():
+        if key.endswith("_err"):
+            result[key] = all_reduce_scalar(value, ctx, "max")
+        elif isinstance(value, bool):
+            result[key] = all_reduce_scalar(float(value), ctx, "min") == 1.0
+        else:
+            result[key] = value
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-generate", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=16)
+    args = parser.parse_args()
+
+    ctx = init_distributed("cpu", timeout_s=120, need_group=True)
+    try:
+        gpt_cfg = PRESETS["test"]
+        world, B, T = ctx.world_size, args.micro_batch, args.seq_len
+        g = torch.Generator().manual_seed(SEED)
+        tokens = torch.randint(0, gpt_cfg.vocab_size, (args.steps, args.grad_accum, world * B, T + 1), generator=g)
+        x, y = tokens[..., :-1].contiguous(), tokens[..., 1:].contiguous()  # (steps, grad_accum, world*B, T)
+        ref = run_reference(gpt_cfg, x, y, ctx.rank, world, B)
+        results = {"world_size": world, "torch": torch.__version__, "variants": {}}
+        for name in args.variants.split(","):
+            out = run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=not args.no_generate)
+            results["variants"][name] = reduce_max_over_ranks(out, ctx)
+        if ctx.rank == 0:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+        dist.barrier()
+    finally:
+        teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
