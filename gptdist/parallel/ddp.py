@@ -14,6 +14,8 @@ all-reduce anyway (or, the other way round, skip a sync it needed). Hence the tr
 
 from __future__ import annotations
 
+import inspect
+
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -27,14 +29,19 @@ class DDPBackend(Backend):
     def __init__(self, model: nn.Module, ctx: DistContext, cfg):
         super().__init__(model, ctx)
         self.gradient_as_bucket_view = cfg.gradient_as_bucket_view
+        # The model's only buffer is the constant causal mask, the same on every rank: re-broadcasting
+        # it before every forward would be a useless collective per micro-step. Newer torch names
+        # the option forward_sync_buffers (and still syncs buffers once at construction).
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            buffer_option = {"forward_sync_buffers": False}
+        else:
+            buffer_option = {"broadcast_buffers": False}
         self.module = DistributedDataParallel(
             model,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             bucket_cap_mb=cfg.ddp_bucket_cap_mb,
             gradient_as_bucket_view=cfg.gradient_as_bucket_view,
-            # The model's only buffer is the constant causal mask, synced once at construction;
-            # re-broadcasting it before every forward would be a useless collective per micro-step.
-            broadcast_buffers=False,
+            **buffer_option,
         )
 
     def set_grad_sync(self, sync: bool) -> None:

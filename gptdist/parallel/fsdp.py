@@ -20,7 +20,8 @@ Gradient accumulation: `set_requires_gradient_sync(False)` keeps unsharded gradi
 skips the reduce-scatter; the last micro-step reduces the accumulated sum.
 
 Clipping: gradients are sharded DTensors, so the norm of the local shards is not the global norm.
-`get_total_norm` over DTensors returns a DTensor; `.full_tensor()` reduces it over the ranks.
+`get_total_norm` over the DTensor gradients reduces over ranks and returns a (replicated) DTensor;
+`.full_tensor()` turns it into the plain global norm, then every rank clips with it.
 
 `module` is the GPT itself (fully_shard works in place), so `raw_model.generate` still works, as
 long as every rank calls it together (each forward all-gathers parameters).
@@ -92,7 +93,9 @@ class FSDPBackend(Backend):
         params = [p for p in self.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if isinstance(norm, DTensor):
-            norm = norm.full_tensor()  # sum of squares over all shards on all ranks, then sqrt
+            # DTensor already summed the squares over all shards on all ranks (a replicated
+            # result); full_tensor() makes it a plain tensor, the same on every rank.
+            norm = norm.full_tensor()
         if max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return float(norm)

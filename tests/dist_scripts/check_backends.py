@@ -29,7 +29,6 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 
 from gptdist.config import ParallelSection
 from gptdist.dist import all_reduce_scalar, init_distributed, teardown
@@ -156,8 +155,10 @@ def run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=True):
         out["bucket_names"] = [b.names for b in backend.buckets]
     backend.close()
     del backend, model, opt
-    if not os.environ.get("NO_GC"):
-        gc.collect()  # free DDP/FSDP state (and its gloo work) while the process group still exists
+    # Free this variant's DDP/FSDP state while the process group still exists. Left to interpreter
+    # shutdown (after teardown), a process that had run fsdp and another backend sometimes aborted
+    # with "terminate called without an active exception".
+    gc.collect()
     return out
 
 
@@ -200,11 +201,20 @@ def main() -> int:
         if ctx.rank == 0:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
-        dist.barrier()
+        # No closing dist.barrier(): with gloo, a barrier's work object keeps earlier all-reduce works
+        # (and their tensors) alive and is freed later on gloo's worker thread; if that happens while
+        # Python shuts down, the thread cannot take the GIL and the process aborts ("terminate called
+        # without an active exception").
     finally:
         teardown()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip interpreter finalization: a gloo worker thread may still be freeing a finished work object
+    # (whose tensors need the GIL) while Python shuts down, which aborts the process at random
+    # ("terminate called without an active exception", seen on torch 2.13 CPU). Results are written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
