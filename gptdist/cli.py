@@ -11,8 +11,17 @@ from gptdist.errors import GptdistError
 EXIT_USER_ERROR = 2
 
 
+def _exit(code: int) -> None:
+    """Flush and leave without running interpreter shutdown. gloo's worker threads can free finished
+    work objects while Python tears down, which aborts the process ("terminate called without an active
+    exception") after a successful run; everything the run writes is closed before this point."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
-    """Run main(argv). A GptdistError (bad config, data, checkpoint, ...) prints
+    """Run main(argv). A GptdistError (bad config, data, checkpoint, a failed collective...) prints
     `error: <message>` (prefixed with the rank under torchrun) and exits 2; bugs keep their traceback."""
     try:
         main(argv)
@@ -20,6 +29,7 @@ def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
         rank = os.environ.get("RANK")
         prefix = f"[rank{rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
         print(f"{prefix}error: {e}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USER_ERROR)
+        _exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        sys.exit(130)
+        _exit(130)
+    _exit(0)

@@ -61,6 +61,7 @@ class TrainSection:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or grad norm: stop the run, or skip the update
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
     fused_adamw: Literal["auto", "on", "off"] = "auto"  # auto: fused when the device supports it
     seed: int = 1337

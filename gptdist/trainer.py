@@ -17,6 +17,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +41,10 @@ from gptdist.optim import build_optimizer, lr_at, set_lr
 from gptdist.parallel import parallelize
 from gptdist.run_dir import prepare_run_dir, setup_logging
 from gptdist.tokenizer import GPT2_VOCAB_SIZE
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def resolve_dtype(setting: str, device: torch.device) -> str:
@@ -67,6 +74,7 @@ class StepResult:
     step_ms: float
     data_ms: float
     tokens: int
+    skipped: bool = False  # non-finite loss or norm: no update (train.on_nonfinite=skip)
 
 
 class Trainer:
@@ -110,6 +118,8 @@ class Trainer:
             self.run_dir.name, cfg.to_dict(),
         )
         self._tokenizer = None
+        self._stop_requested = False  # set by SIGTERM; acted on at the next step boundary
+        self._phase = "start-up"  # what the loop is doing, for error messages
         self._hellaswag_items = None
 
     # ------------------------------------------------------------------------------------------
@@ -160,6 +170,7 @@ class Trainer:
         data_s = 0.0
         loss_sum = torch.zeros((), device=self.device)
         for micro_step in range(plan.grad_accum):
+            self._phase = f"forward/backward of micro-step {micro_step}"
             t_data = time.perf_counter()
             x, y = self.train_loader.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -172,26 +183,38 @@ class Trainer:
             # gradient the mean over the whole step's tokens, as one big batch would give.
             (loss / plan.grad_accum).backward()
             loss_sum += loss.detach()
+        self._phase = "gradient sync"
         backend.finish_grad_sync()
-        grad_norm = backend.clip_grad_norm(self.cfg.train.grad_clip)
-        lr = lr_at(self.step, self.cfg.train)
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        backend.zero_grad()
+        grad_norm = backend.clip_grad_norm(self.cfg.train.grad_clip)  # the global norm: same on every rank
 
-        mean_loss = loss_sum / plan.grad_accum
+        # One small all-reduce carries the loss (for the log) and the stop request (SIGTERM), so every
+        # rank agrees on both at the same step boundary.
+        self._phase = "loss all-reduce"
+        packed = torch.stack([loss_sum / plan.grad_accum, torch.tensor(float(self._stop_requested), device=self.device)])
         if self.ctx.has_group and self.ctx.world_size > 1:
-            dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG)  # for the log line only
-        loss_value = mean_loss.item()  # also waits for the device
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+            packed[0] /= self.ctx.world_size
+        loss_value, stop_votes = packed.tolist()  # .tolist() also waits for the device
+        self._stop_requested = stop_votes > 0
+        self.step += 1
+
+        lr = lr_at(self.step - 1, self.cfg.train)
+        skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
+        if skipped:
+            # Every rank sees the same reduced loss and global norm, so all skip (or stop) together.
+            message = f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {self.step}"
+            if self.cfg.train.on_nonfinite == "stop":
+                raise GptdistError(f"{message}; stopping without saving (lower train.lr or check the data)")
+            self.log.warning(f"{message}; skipping the update (train.on_nonfinite=skip)")
+        else:
+            self._phase = "optimizer"
+            set_lr(self.optimizer, lr)
+            self.optimizer.step()
+        backend.zero_grad()
         _sync(self.device)
         step_s = time.perf_counter() - t0
-        self.step += 1
-        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
-            raise GptdistError(
-                f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {self.step}; "
-                "stopping without saving (lower train.lr or check the data)"
-            )
-        return StepResult(self.step, loss_value, lr, grad_norm, step_s * 1e3, data_s * 1e3, plan.tokens_per_step)
+        self._phase = "between steps"
+        return StepResult(self.step, loss_value, lr, grad_norm, step_s * 1e3, data_s * 1e3, plan.tokens_per_step, skipped)
 
     # ------------------------------------------------------------------------------------------
     # Evaluation and samples
@@ -259,6 +282,8 @@ class Trainer:
             "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": r.step_ms, "data_ms": r.data_ms,
             "tokens_per_s": tokens_per_s, "mfu": mfu, "tokens": self.step * r.tokens,
         }
+        if r.skipped:
+            values["skipped"] = True
         self.metrics.log("train", r.step, values)
         if r.step % self.cfg.log.console_every == 0 or r.step == self.cfg.train.max_steps:
             mfu_text = f" | mfu {100 * mfu:5.1f}%" if mfu is not None else ""
@@ -273,12 +298,39 @@ class Trainer:
             f"gptdist | backend {cfg.backend} | world {self.ctx.world_size} | device {self.device} | "
             f"dtype {self.dtype} | params {self.backend.raw_model.num_params():,} | "
             f"batch {plan.micro_batch}x{plan.seq_len} x {plan.world_size} ranks x {plan.grad_accum} accum "
-            f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir}"
+            f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir} | pid {os.getpid()}"
         )
+        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _in_main_thread() else None
+        try:
+            return self._loop()
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # Slurm sends SIGTERM before the time limit; torchrun forwards it to every worker.
+        self._stop_requested = True
+
+    def _train_step_or_explain(self) -> StepResult:
+        """train_step, with a failed or timed-out collective turned into a one-line error that says
+        which rank, which step and what the loop was doing (instead of a C++ stack)."""
+        try:
+            return self.train_step()
+        except (dist.DistError, RuntimeError) as e:
+            if not self.ctx.has_group or isinstance(e, GptdistError):
+                raise
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GptdistError(
+                f"rank {self.ctx.rank}: collective failed at step {self.step + 1} during {self._phase} "
+                f"(timeout {self.cfg.dist.timeout_s:g}s; another rank may have died or stalled): {first_line}"
+            ) from e
+
+    def _loop(self) -> dict[str, Any]:
+        cfg = self.cfg
         losses: list[float] = []
         last_val: Optional[float] = None
         while self.step < cfg.train.max_steps:
-            result = self.train_step()
+            result = self._train_step_or_explain()
             losses.append(result.loss)
             self._log_step(result)
             last_step = self.step == cfg.train.max_steps
@@ -290,6 +342,10 @@ class Trainer:
                 self.sample()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and not last_step:
                 self.save_checkpoint()
+            if self._stop_requested and not last_step:
+                self.log.info(f"SIGTERM: stopping at step {self.step} with a checkpoint (resume with --checkpoint.resume=auto)")
+                self.save_checkpoint()
+                return {"steps": self.step, "final_loss": losses[-1], "val_loss": last_val, "losses": losses, "stopped": True}
         if cfg.checkpoint.at_end:
             self.save_checkpoint()
         self.sample()
