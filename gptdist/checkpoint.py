@@ -211,6 +211,31 @@ def save(
 # Load
 
 
+@torch.no_grad()
+def materialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's state tensors (Adam's moments) so DCP has something to load into.
+
+    torch's own initialiser (`_init_optim_state`, run inside get_state_dict) does nothing when parameters
+    already have `.grad` — as the manual backend's bucket views always do — and DCP then silently loads
+    no optimizer state at all. So: one step with zero gradients at lr 0 (no parameter changes: the update
+    and the decoupled weight decay are both scaled by lr), then the original gradients are put back.
+    """
+    if optimizer.state:
+        return
+    saved_grads, saved_lrs = [], []
+    for group in optimizer.param_groups:
+        saved_lrs.append(group["lr"])
+        group["lr"] = 0.0
+        for p in group["params"]:
+            saved_grads.append((p, p.grad))
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, saved_lrs):
+        group["lr"] = lr
+    for p, grad in saved_grads:
+        p.grad = grad
+
+
 def load(
     path: Path,
     module: torch.nn.Module,
@@ -227,6 +252,8 @@ def load(
     if meta["format"] == "full":
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=True)
         options = StateDictOptions(full_state_dict=True)
+        if optimizer is not None:
+            materialize_optimizer_state(optimizer)
         if optimizer is None:
             set_model_state_dict(module, state["model"], options=options)
         else:
@@ -238,6 +265,7 @@ def load(
             set_model_state_dict(module, model_sd)
         else:
             # Templates with this run's sharding; DCP fills them, resharding from the saved layout.
+            materialize_optimizer_state(optimizer)
             model_sd, optim_sd = get_state_dict(module, optimizer)
             dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "state"), no_dist=not ctx.has_group)
             set_state_dict(module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
