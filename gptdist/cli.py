@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable
 
 from gptdist.errors import GptdistError
 
 EXIT_USER_ERROR = 2
+USER_ERROR_GRACE_S = 5.0
 
 
 def _exit(code: int) -> None:
@@ -29,6 +31,10 @@ def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
         rank = os.environ.get("RANK")
         prefix = f"[rank{rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
         print(f"{prefix}error: {e}", file=sys.stderr, flush=True)
+        if prefix:
+            # torchrun stops every worker as soon as one exits; a moment's grace lets the other ranks,
+            # which usually hit the same error at the same point, print theirs too.
+            time.sleep(USER_ERROR_GRACE_S)
         _exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         _exit(130)

@@ -70,6 +70,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's store, with keys prefixed by the restart attempt.
+
+    Under `torchrun --max-restarts=K` the rendezvous store outlives a failed attempt. Without a prefix,
+    the restarted workers read the previous attempt's peer addresses (gloo's full-mesh connect then
+    fails with "connection refused" and the group never forms again).
+    """
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"gptdist/attempt_{attempt}", store)
+
+
 def init_distributed(
     device_preference: str = "auto",
     timeout_s: float = 600.0,
@@ -99,7 +113,7 @@ def init_distributed(
         if launched_by_torchrun():
             # device_id binds the NCCL communicator to this GPU eagerly (no lazy init on first collective).
             kwargs = {"device_id": device} if backend == "nccl" else {}
-            dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+            dist.init_process_group(backend=backend, store=_attempt_store(timeout), rank=rank, world_size=world, timeout=timeout, **kwargs)
         else:
             dist.init_process_group(
                 backend=backend,

@@ -162,7 +162,7 @@ def test_killing_during_saves_never_leaves_a_broken_latest_checkpoint(data_dir, 
     for attempt in range(8):
         proc = start([sys.executable, "launch/train.py", *argv(values)])
         before = logged_steps(run)
-        wait_for(lambda: logged_steps(run) >= before + 1, 120, "a step after (re)start")
+        wait_for(lambda: logged_steps(run) >= before + 1 and (run / "checkpoints" / "latest").exists(), 120, "a step and a save")
         time.sleep(0.013 * attempt)  # a different moment within the step/save cycle each time
         proc.kill()
         proc.wait()
