@@ -99,3 +99,27 @@ def profiled_steps(trace: dict[str, Any]) -> list[int]:
         if m:
             steps.add(int(m.group(1)))
     return sorted(steps)
+
+
+def live_totals(run_dir, ranks, steps) -> dict[int, dict[str, float]]:
+    """The live recorder's numbers for the same ranks and steps (ranks/rank{r}/steps.jsonl), summed,
+    under the trace's column names. The window differs by design: the live step runs from the
+    step's first to its last instruction, a ProfilerStep from one profiler.step() to the next
+    (logging included), so only idle time differs by more than clock noise."""
+    import json
+    from pathlib import Path
+
+    out = {}
+    for rank in ranks:
+        path = Path(run_dir) / "ranks" / f"rank{rank}" / "steps.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if r["step"] in set(steps)]
+        if not rows:
+            continue
+        total = lambda key: sum(r[key] for r in rows)  # noqa: E731
+        out[rank] = {"window_ms": total("step_ms"), "compute_ms": total("time/compute_ms"), "comm_ms": total("comm/total_ms"),
+                     "overlapped_ms": total("comm/overlapped_ms"), "exposed_ms": total("comm/exposed_ms"),
+                     "idle_ms": total("time/idle_ms")}
+    return out
