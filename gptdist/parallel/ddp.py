@@ -33,8 +33,10 @@ from gptdist.dist import DistContext
 from gptdist.parallel.base import Backend
 
 
-def timed_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP's default all-reduce (mean over ranks of the flat bucket), recorded. state: (recorder, group)."""
+def timed_allreduce_hook(state, bucket):
+    """DDP's default all-reduce (mean over ranks of the flat bucket), recorded. state: (recorder, group);
+    bucket: dist.GradBucket; returns a Future[Tensor]. (No annotations: with `from __future__ import
+    annotations` they are strings, which DDP's signature check rejects.)"""
     recorder, group = state
     buffer = bucket.buffer()
     buffer.div_(group.size())  # divide first, as DDP does (keeps fp16 sums in range)
