@@ -137,11 +137,23 @@ class DistSection:
 
 
 @dataclass
+class InstrumentSection:
+    """Per-step compute/communication breakdown and collective records (see docs/instrumentation.md)."""
+
+    enabled: bool = True  # phase timers, breakdown keys in metrics.jsonl, end-of-run summary
+    collectives: bool = True  # one record per collective (ranks/rank{r}/collectives.jsonl); needs enabled
+    summary_skip_steps: int = 1  # leave each rank's first steps (warm-up) out of the summary
+
+
+@dataclass
 class ProfileSection:
+    """torch.profiler: Chrome traces per rank and merged, for Perfetto (see traces/README.md)."""
+
     enabled: bool = False
-    wait: int = 1
-    warmup: int = 1
-    active: int = 3
+    wait: int = 1  # steps before the profiler starts
+    warmup: int = 1  # steps profiled and thrown away (the profiler's own start-up)
+    active: int = 3  # steps recorded into the trace
+    dir: str = "traces"  # traces/<run name>/rank{r}.json and merged.json
 
 
 @dataclass
@@ -156,6 +168,7 @@ class Config:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     dist: DistSection = field(default_factory=DistSection)
     profile: ProfileSection = field(default_factory=ProfileSection)
+    instrument: InstrumentSection = field(default_factory=InstrumentSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -338,6 +351,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.global_batch_tokens must be >= 0 (0 = one micro-batch per rank)")
     if cfg.train.warmup_steps < 0 or not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
         raise ConfigError("train.warmup_steps must be >= 0 and train.min_lr_ratio in [0, 1]")
+    if cfg.profile.wait < 0 or cfg.profile.warmup < 0 or cfg.profile.active < 1:
+        raise ConfigError("profile.wait and profile.warmup must be >= 0 and profile.active >= 1")
+    if cfg.instrument.summary_skip_steps < 0:
+        raise ConfigError("instrument.summary_skip_steps must be >= 0")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("checkpoint.keep_last must be >= 1")
     # Options that only one backend reads: refuse them elsewhere rather than silently ignoring them.

@@ -108,6 +108,10 @@ def init_distributed(
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        # NCCL's own per-collective start/end events (Work._get_duration): the collective recorder's
+        # source of async collective durations on GPUs (gptdist/instrument/recorder.py). Read by
+        # ProcessGroupNCCL at creation, so it must be set before init_process_group.
+        os.environ.setdefault("TORCH_NCCL_ENABLE_TIMING", "1")
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         if launched_by_torchrun():

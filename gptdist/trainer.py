@@ -9,6 +9,10 @@ backend only through `gptdist.parallel.base.Backend`; it has no `if backend == .
 One optimizer step, on each rank:
     for each micro-step:  set_grad_sync(last?) -> forward (autocast) -> backward(loss / grad_accum)
     finish_grad_sync -> clip (global norm) -> lr schedule -> optimizer.step -> zero_grad
+
+Measurement (gptdist/instrument/instrumentation.py): each of these is a named phase; the backend
+reports its collectives to `self.instr.recorder`; after the step the breakdown (compute, comm,
+exposed comm, overlap, memory, CPU) joins the step's metrics, and the run ends with a summary table.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gptdist.dist import DistContext
 from gptdist.errors import GptdistError
 from gptdist.evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from gptdist.evaluate import sample_text, validation_loss
+from gptdist.instrument.instrumentation import Instrumentation
 from gptdist.instrument.sinks import MetricsLogger
 from gptdist.model import GPT
 from gptdist.optim import build_optimizer, lr_at, set_lr
@@ -75,6 +80,7 @@ class StepResult:
     data_ms: float
     tokens: int
     skipped: bool = False  # non-finite loss or norm: no update (train.on_nonfinite=skip)
+    breakdown: dict[str, Any] = dataclasses.field(default_factory=dict)  # time/*, comm/*, mem/*, host/* keys
 
 
 class Trainer:
@@ -98,11 +104,13 @@ class Trainer:
         self.resume_from = self._find_resume_checkpoint()
         self.run_dir = prepare_run_dir(cfg, ctx)
         self.log = setup_logging(self.run_dir, ctx)
+        # Before the backend: it records the backend's start-up broadcasts too.
+        self.instr = Instrumentation(cfg, ctx, self.run_dir, self.log)
 
         # Same seed on every rank: identical initial weights (the backends also broadcast from rank 0).
         torch.manual_seed(cfg.train.seed)
         model = GPT(self.model_config).to(self.device)
-        self.backend = parallelize(model, cfg, ctx)
+        self.backend = parallelize(model, cfg, ctx, self.instr.recorder)
         self.optimizer = build_optimizer(self.backend.module, cfg.train, self.device)
         self.step = 0  # optimizer steps done
         if self.resume_from is not None:
@@ -163,38 +171,45 @@ class Trainer:
     # One optimizer step
 
     def train_step(self) -> StepResult:
-        backend, plan = self.backend, self.plan
+        backend, plan, instr = self.backend, self.plan, self.instr
         backend.module.train()
         _sync(self.device)
         t0 = time.perf_counter()
+        instr.begin_step(self.step + 1)
         data_s = 0.0
         loss_sum = torch.zeros((), device=self.device)
         for micro_step in range(plan.grad_accum):
             self._phase = f"forward/backward of micro-step {micro_step}"
             t_data = time.perf_counter()
-            x, y = self.train_loader.next_batch()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with instr.phase("data"):
+                x, y = self.train_loader.next_batch()
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             data_s += time.perf_counter() - t_data
             # Must be set before the forward: DDP decides in forward whether backward will all-reduce.
             backend.set_grad_sync(micro_step == plan.grad_accum - 1)
-            with autocast_context(self.dtype, self.device):
+            with instr.phase("forward"), autocast_context(self.dtype, self.device):
                 _, loss = backend.module(x, y)
             # Each micro-step's loss is a mean over its tokens; dividing by grad_accum makes the summed
             # gradient the mean over the whole step's tokens, as one big batch would give.
-            (loss / plan.grad_accum).backward()
+            with instr.phase("backward"):
+                (loss / plan.grad_accum).backward()
             loss_sum += loss.detach()
         self._phase = "gradient sync"
-        backend.finish_grad_sync()
-        grad_norm = backend.clip_grad_norm(self.cfg.train.grad_clip)  # the global norm: same on every rank
+        with instr.phase("grad_sync"):
+            backend.finish_grad_sync()
+        with instr.phase("clip"):
+            grad_norm = backend.clip_grad_norm(self.cfg.train.grad_clip)  # the global norm: same on every rank
 
         # One small all-reduce carries the loss (for the log) and the stop request (SIGTERM), so every
         # rank agrees on both at the same step boundary.
         self._phase = "loss all-reduce"
-        packed = torch.stack([loss_sum / plan.grad_accum, torch.tensor(float(self._stop_requested), device=self.device)])
-        if self.ctx.has_group and self.ctx.world_size > 1:
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-            packed[0] /= self.ctx.world_size
-        loss_value, stop_votes = packed.tolist()  # .tolist() also waits for the device
+        with instr.phase("loss_reduce"):
+            packed = torch.stack([loss_sum / plan.grad_accum, torch.tensor(float(self._stop_requested), device=self.device)])
+            if self.ctx.has_group and self.ctx.world_size > 1:
+                with instr.recorder.timed("all_reduce", packed, "loss"):
+                    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+                packed[0] /= self.ctx.world_size
+            loss_value, stop_votes = packed.tolist()  # .tolist() also waits for the device
         self._stop_requested = stop_votes > 0
         self.step += 1
 
@@ -208,13 +223,17 @@ class Trainer:
             self.log.warning(f"{message}; skipping the update (train.on_nonfinite=skip)")
         else:
             self._phase = "optimizer"
-            set_lr(self.optimizer, lr)
-            self.optimizer.step()
-        backend.zero_grad()
+            with instr.phase("optimizer"):
+                set_lr(self.optimizer, lr)
+                self.optimizer.step()
+        with instr.phase("zero_grad"):
+            backend.zero_grad()
         _sync(self.device)
         step_s = time.perf_counter() - t0
+        breakdown = instr.end_step(step_s * 1e3)
         self._phase = "between steps"
-        return StepResult(self.step, loss_value, lr, grad_norm, step_s * 1e3, data_s * 1e3, plan.tokens_per_step, skipped)
+        return StepResult(self.step, loss_value, lr, grad_norm, step_s * 1e3, data_s * 1e3, plan.tokens_per_step, skipped,
+                          breakdown)
 
     # ------------------------------------------------------------------------------------------
     # Evaluation and samples
@@ -284,9 +303,12 @@ class Trainer:
         }
         if r.skipped:
             values["skipped"] = True
+        values.update(r.breakdown)
         self.metrics.log("train", r.step, values)
         if r.step % self.cfg.log.console_every == 0 or r.step == self.cfg.train.max_steps:
             mfu_text = f" | mfu {100 * mfu:5.1f}%" if mfu is not None else ""
+            if "comm/total_ms" in r.breakdown:
+                mfu_text += f" | comm {r.breakdown['comm/total_ms']:7.1f} ms (exposed {r.breakdown['comm/exposed_ms']:.1f})"
             self.log.info(
                 f"step {r.step:>6}/{self.cfg.train.max_steps} | loss {r.loss:.4f} | lr {r.lr:.2e} | "
                 f"norm {r.grad_norm:6.3f} | {r.step_ms:8.1f} ms | {tokens_per_s:10,.0f} tok/s{mfu_text}"
@@ -333,6 +355,7 @@ class Trainer:
             result = self._train_step_or_explain()
             losses.append(result.loss)
             self._log_step(result)
+            self.instr.after_step()
             last_step = self.step == cfg.train.max_steps
             if (cfg.eval.val_every and self.step % cfg.eval.val_every == 0) or (last_step and cfg.eval.val_every):
                 last_val = self.evaluate()
@@ -345,16 +368,21 @@ class Trainer:
             if self._stop_requested and not last_step:
                 self.log.info(f"SIGTERM: stopping at step {self.step} with a checkpoint (resume with --checkpoint.resume=auto)")
                 self.save_checkpoint()
+                self.instr.finish()
                 return {"steps": self.step, "final_loss": losses[-1], "val_loss": last_val, "losses": losses, "stopped": True}
         if cfg.checkpoint.at_end:
             self.save_checkpoint()
         self.sample()
         summary = {"steps": self.step, "final_loss": losses[-1] if losses else None, "val_loss": last_val, "losses": losses}
+        instrument_summary = self.instr.finish()  # collective: every rank
+        if instrument_summary is not None:
+            summary["instrument"] = instrument_summary
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def close(self) -> None:
+        self.instr.close()
         self.metrics.close()
         self.backend.close()
 

@@ -1,7 +1,9 @@
 """Where metrics go: JSONL (always), TensorBoard and W&B (by config). Rank 0 writes them.
 
 Every sink gets the same flat dict of namespaced keys (`train/loss`, `val/loss`, `perf/tokens_per_s`,
-...) so a number has one name everywhere. `metrics.jsonl` is the source of truth: one JSON object per line,
+...) so a number has one name everywhere. A key that already has a namespace (`comm/exposed_ms`,
+`time/forward_ms`, `mem/peak_mb`, the step breakdown of gptdist/instrument/instrumentation.py) keeps
+it as is: it is `comm/exposed_ms` in metrics.jsonl, TensorBoard and W&B alike. `metrics.jsonl` is the source of truth: one JSON object per line,
 with `step` and `kind` ("train", "val", "eval", ...) and the keys without the namespace for easy reading.
 """
 
@@ -11,6 +13,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Optional
+
+
+def metric_name(kind: str, key: str) -> str:
+    """`train` + `loss` -> `train/loss`; a key with its own namespace (`comm/exposed_ms`) stays as is."""
+    return key if "/" in key else f"{kind}/{key}"
 
 
 class JsonlSink:
@@ -35,7 +42,7 @@ class TensorBoardSink:
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(f"{kind}/{key}", value, step)
+                self.writer.add_scalar(metric_name(kind, key), value, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -59,7 +66,7 @@ class WandbSink:
         )
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        self.run.log({f"{kind}/{k}": v for k, v in values.items() if not isinstance(v, str)}, step=step)
+        self.run.log({metric_name(kind, k): v for k, v in values.items() if not isinstance(v, str)}, step=step)
 
     def close(self) -> None:
         self.run.finish()

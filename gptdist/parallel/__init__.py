@@ -33,11 +33,12 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-def parallelize(model: nn.Module, cfg: Config, ctx: DistContext) -> Backend:
-    """Wrap `model` (already on ctx.device) in the backend `cfg.backend` names."""
+def parallelize(model: nn.Module, cfg: Config, ctx: DistContext, recorder=None) -> Backend:
+    """Wrap `model` (already on ctx.device) in the backend `cfg.backend` names. `recorder`
+    (gptdist.instrument.recorder) sees every collective the backend issues, from construction on."""
     cls = backend_class(cfg.backend)
     if cfg.backend == "none":
         if ctx.world_size > 1:
             raise ConfigError("backend 'none' runs on one process; use manual, ddp or fsdp under torchrun")
-        return cls(model, ctx)
-    return cls(model, ctx, cfg.parallel)
+        return cls(model, ctx, recorder=recorder)
+    return cls(model, ctx, cfg.parallel, recorder=recorder)

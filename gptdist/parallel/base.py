@@ -11,6 +11,11 @@ The trainer never asks which backend it has. Per optimizer step it does:
     optimizer.step()
     backend.zero_grad()
 
+Collectives: a backend reports every collective it issues to `self.recorder`
+(`gptdist.instrument.recorder`): `recorder.track(op, tensor, label, work)` right after an async call,
+`with recorder.timed(op, tensor, label): ...` around a blocking one. Without instrumentation the
+recorder is a NullRecorder whose methods do nothing.
+
 State dicts go through `torch.distributed.checkpoint.state_dict` on `backend.module`, which understands
 plain modules, DDP and FSDP2 alike (see gptdist/checkpoint.py), so backends need no save/load code.
 """
@@ -24,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from gptdist.dist import DistContext
+from gptdist.instrument.recorder import NullRecorder
 
 
 class Backend:
@@ -31,8 +37,9 @@ class Backend:
 
     name = "none"
 
-    def __init__(self, model: nn.Module, ctx: DistContext):
+    def __init__(self, model: nn.Module, ctx: DistContext, recorder=None):
         self.ctx = ctx
+        self.recorder = recorder if recorder is not None else NullRecorder()
         self.raw_model = model  # the plain GPT (generate, num_params, config)
         self.module: nn.Module = model  # what the trainer calls forward on (may be a wrapper)
         self._sync = True

@@ -23,6 +23,14 @@ Clipping: gradients are sharded DTensors, so the norm of the local shards is not
 `get_total_norm` over the DTensor gradients reduces over ranks and returns a (replicated) DTensor;
 `.full_tensor()` turns it into the plain global norm, then every rank clips with it.
 
+Timing the collectives: FSDP2 issues every all-gather and reduce-scatter through a replaceable comm
+object per group (`set_custom_all_gather` / `set_custom_reduce_scatter`, public API). With an active
+recorder each group gets `TimedAllGather` / `TimedReduceScatter`: subclasses of FSDP's own defaults
+that make the very same `dist` call and report it, labelled with the group's module. They stay
+instances of the defaults, so FSDP treats them exactly like its own (it checks with isinstance).
+FSDP calls them with its all-gather / reduce-scatter stream current on CUDA, so their CUDA events are
+recorded on the stream that runs the collective.
+
 `module` is the GPT itself (fully_shard works in place), so `raw_model.generate` still works, as
 long as every rank calls it together (each forward all-gathers parameters).
 """
@@ -34,6 +42,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
 from torch.distributed.tensor import DTensor
 
 from gptdist.dist import DistContext
@@ -51,15 +60,49 @@ def mixed_precision_policy(cfg, device: torch.device) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(param_dtype=DTYPES[name], reduce_dtype=DTYPES[cfg.reduce_dtype])
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class TimedAllGather(DefaultAllGather):
+    """FSDP's default all-gather, recorded. Size = the whole gathered output (nccl-tests)."""
+
+    def __init__(self, recorder, label: str):
+        super().__init__()
+        self.recorder, self.label = recorder, label
+
+    def __call__(self, output_tensor, input_tensor, group, async_op: bool = False):
+        if async_op:
+            work = super().__call__(output_tensor, input_tensor, group, async_op=True)
+            return self.recorder.track("all_gather", output_tensor, self.label, work, _nbytes(output_tensor), group.size())
+        with self.recorder.timed("all_gather", output_tensor, self.label, _nbytes(output_tensor), group.size()):
+            return super().__call__(output_tensor, input_tensor, group, async_op=False)
+
+
+class TimedReduceScatter(DefaultReduceScatter):
+    """FSDP's default reduce-scatter, recorded. Size = the whole input (nccl-tests)."""
+
+    def __init__(self, recorder, label: str):
+        super().__init__()
+        self.recorder, self.label = recorder, label
+
+    def __call__(self, output_tensor, input_tensor, group, op, async_op: bool = False):
+        if async_op:
+            work = super().__call__(output_tensor, input_tensor, group, op, async_op=True)
+            return self.recorder.track("reduce_scatter", input_tensor, self.label, work, _nbytes(input_tensor), group.size())
+        with self.recorder.timed("reduce_scatter", input_tensor, self.label, _nbytes(input_tensor), group.size()):
+            return super().__call__(output_tensor, input_tensor, group, op, async_op=False)
+
+
 class FSDPBackend(Backend):
     name = "fsdp"
 
-    def __init__(self, model: nn.Module, ctx: DistContext, cfg):
-        super().__init__(model, ctx)
+    def __init__(self, model: nn.Module, ctx: DistContext, cfg, recorder=None):
+        super().__init__(model, ctx, recorder)
         # fully_shard keeps each rank's own slice of its own tensors: make them rank 0's first, as
         # the manual and ddp backends do.
         if dist.get_world_size() > 1:
-            broadcast_from_rank0(model)
+            broadcast_from_rank0(model, self.recorder)
         self.mesh = init_device_mesh(ctx.device.type, (dist.get_world_size(),))
         self.mp_policy = mixed_precision_policy(cfg, ctx.device)
         for block in model.transformer.h:
@@ -74,6 +117,12 @@ class FSDPBackend(Backend):
         # after forward (the root; every block with reshard_after_forward=False) holding unsharded
         # parameters, which the next optimizer step would make stale. Reshard after such a forward.
         self._fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        if self.recorder.enabled:
+            for name, m in model.named_modules():
+                if isinstance(m, FSDPModule):
+                    label = f"module={name or 'root'}"
+                    m.set_custom_all_gather(TimedAllGather(self.recorder, label))
+                    m.set_custom_reduce_scatter(TimedReduceScatter(self.recorder, label))
         self._hooks = [model.register_forward_hook(self._reshard_after_no_grad_forward)]
 
     def _reshard_after_no_grad_forward(self, module, args, output):
@@ -95,7 +144,8 @@ class FSDPBackend(Backend):
         if isinstance(norm, DTensor):
             # DTensor already summed the squares over all shards on all ranks (a replicated
             # result); full_tensor() makes it a plain tensor, the same on every rank.
-            norm = norm.full_tensor()
+            with self.recorder.timed("all_reduce", label="grad_norm", nbytes=norm.element_size()):
+                norm = norm.full_tensor()
         if max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return float(norm)

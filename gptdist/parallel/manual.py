@@ -41,15 +41,19 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gptdist.dist import DistContext
+from gptdist.instrument.recorder import NullRecorder
 from gptdist.parallel.base import Backend
 from gptdist.parallel.buckets import MB, Bucket, plan_buckets
 
 
 @torch.no_grad()
-def broadcast_from_rank0(module: nn.Module) -> None:
+def broadcast_from_rank0(module: nn.Module, recorder=None) -> None:
     """Make every rank's parameters and buffers equal to rank 0's (one broadcast per tensor)."""
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
+    recorder = recorder if recorder is not None else NullRecorder()
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    for name, tensor in named:
+        with recorder.timed("broadcast", tensor, f"init {name}"):
+            dist.broadcast(tensor.data, src=0)
 
 
 @dataclass
@@ -64,12 +68,12 @@ class CommStats:
 class ManualBackend(Backend):
     name = "manual"
 
-    def __init__(self, model: nn.Module, ctx: DistContext, cfg):
-        super().__init__(model, ctx)
+    def __init__(self, model: nn.Module, ctx: DistContext, cfg, recorder=None):
+        super().__init__(model, ctx, recorder)
         self.overlap = cfg.overlap
         self.world_size = dist.get_world_size()
         if self.world_size > 1:
-            broadcast_from_rank0(model)
+            broadcast_from_rank0(model, self.recorder)
 
         named = list(model.named_parameters())  # dedups tied parameters: wte/lm_head appears once
         self.buckets: list[Bucket] = plan_buckets(
@@ -129,7 +133,8 @@ class ManualBackend(Backend):
         assert i == self._next_to_launch, "buckets must be launched in index order"
         bucket = self.buckets[i]
         # SUM, then divide in finish_grad_sync: older gloo builds reject ReduceOp.AVG.
-        self._works.append(dist.all_reduce(bucket.buffer, op=dist.ReduceOp.SUM, async_op=True))
+        work = dist.all_reduce(bucket.buffer, op=dist.ReduceOp.SUM, async_op=True)
+        self._works.append(self.recorder.track("all_reduce", bucket.buffer, f"bucket={i}", work))
         self.launch_order.append(i)
         self.stats.all_reduce_calls += 1
         self.stats.all_reduce_bytes += bucket.bytes

@@ -1,0 +1,244 @@
+"""The collective recorder: one record per collective a backend issues, with its size and duration.
+
+Every backend reports its collectives here, each in the way that fits how it issues them:
+
+- manual: `_launch_bucket` is the one place a bucket all-reduce is issued; it hands the async Work to
+  `track` (and the start-up broadcasts go through `timed`).
+- ddp: DDP's reducer issues its bucket all-reduces in C++, out of Python's reach. The backend registers
+  a DDP communication hook (`gptdist.parallel.ddp.timed_allreduce_hook`) doing exactly what DDP's
+  default does (divide by the world size, SUM all-reduce of the flat bucket) and tracks its Work.
+  tests/test_instrument_dist.py proves the gradients are bitwise identical with and without it.
+- fsdp: FSDP2 issues its all-gathers and reduce-scatters through replaceable "comm" objects
+  (`FSDPModule.set_custom_all_gather` / `set_custom_reduce_scatter`, public API in torch >= 2.7). The
+  backend installs subclasses of FSDP's own defaults that call the same `dist` function and track the
+  Work, one per FSDP group, so every record names its module. Why not the per-module forward/backward
+  hooks: they fire on the compute stream around the module, not around the collective, and cannot see
+  the collective's size or its Work; why not patching `torch.distributed` globally: it would also catch
+  unrelated calls and silently break if FSDP imported the functions under another name.
+- blocking calls anywhere (broadcasts at start, the trainer's loss all-reduce, FSDP's grad-norm
+  all-reduce, barriers) go through the `timed` context manager.
+
+Timing
+- CPU / gloo: issue time = host `perf_counter` just before the call; completion = `perf_counter`
+  stamped by a callback on the Work's future (`work.get_future().then(...)`), which gloo runs in its
+  worker thread the moment the collective finishes (checked on torch 2.13: it fires before `wait()`
+  returns). No blocking, no polling.
+- CUDA / NCCL: the host returns from an async collective long before the GPU runs it, so host time
+  says nothing. A CUDA event is recorded on the current stream just before the issue (the NCCL stream
+  waits for that point, so the collective cannot start earlier), and NCCL's own per-Work timing
+  (`TORCH_NCCL_ENABLE_TIMING=1`, set by `gptdist.dist.init_distributed` on CUDA; `Work._get_duration()`)
+  gives the duration. Blocking calls use events before and after on the current stream.
+- start: collectives on one process group run one after another (one NCCL stream per group; gloo
+  pipelines them in issue order), so a collective starts at max(its issue, the end of the previous
+  one). duration = end - start; the union of [start, end] equals the union of [issue, end].
+
+Sizes follow nccl-tests' "size" (see comm_bench/harness.py): the buffer of an all-reduce or broadcast,
+the whole gathered output of an all-gather, the whole input of a reduce-scatter. algbw = bytes /
+duration; busbw = algbw x busbw_factor(op, n) (2(n-1)/n all-reduce, (n-1)/n all-gather/reduce-scatter,
+1 broadcast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from gptdist.alphabeta import busbw_factor
+from gptdist.instrument.timeline import Interval
+
+
+@dataclass
+class CollectiveRecord:
+    op: str  # all_reduce, all_gather, reduce_scatter, broadcast, barrier
+    bytes: int  # nccl-tests size (see module docstring)
+    dtype: str
+    group_size: int
+    label: str  # what it belongs to: "bucket=3", "module=transformer.h.0", "loss", ...
+    step: int  # optimizer step it ran in (0 = start-up)
+    issue_s: float  # host perf_counter when issued
+    blocking: bool  # the host waited in the call (nothing else ran on this rank meanwhile)
+    end_s: Optional[float] = None  # completion, on the host clock
+    start_s: Optional[float] = None  # set by `_finalize`: max(issue, previous end)
+    # private: how the end time is obtained
+    _future: Any = field(default=None, repr=False)
+    _work: Any = field(default=None, repr=False)
+    _cuda_events: Any = field(default=None, repr=False)
+
+    @property
+    def duration_s(self) -> Optional[float]:
+        if self.end_s is None or self.start_s is None:
+            return None
+        return max(0.0, self.end_s - self.start_s)
+
+    def to_json(self, rank: int, t0: float) -> dict[str, Any]:
+        d = self.duration_s
+        algbw = self.bytes / d / 1e9 if d and self.bytes else None
+        busbw = algbw * busbw_factor(self.op, self.group_size) if algbw and self.op != "barrier" else None
+        return {
+            "rank": rank, "step": self.step, "op": self.op, "label": self.label, "bytes": self.bytes,
+            "dtype": self.dtype, "group_size": self.group_size, "blocking": self.blocking,
+            "issue_ms": round((self.issue_s - t0) * 1e3, 4),  # since the recorder's clock sync
+            "start_ms": round((self.start_s - t0) * 1e3, 4) if self.start_s is not None else None,
+            "duration_ms": round(d * 1e3, 4) if d is not None else None,
+            "algbw_gbps": algbw, "busbw_gbps": busbw,
+        }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class NullRecorder:
+    """The recorder when instrumentation is off: every method costs one call and does nothing."""
+
+    enabled = False
+
+    def track(self, op, tensor, label, work, nbytes=None, group_size=None):
+        return work
+
+    def timed(self, op, tensor=None, label="", nbytes=None, group_size=None):
+        return contextlib.nullcontext()
+
+    def set_step(self, step: int) -> None:
+        pass
+
+    def collect(self) -> list[CollectiveRecord]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class CollectiveRecorder:
+    """Records collectives on one rank. Not thread-safe for issuing (collectives are issued from the
+    main thread and autograd's thread one at a time); completion callbacks only write their record."""
+
+    enabled = True
+
+    def __init__(self, device: torch.device, rank: int, world_size: int, out_path: Optional[Path] = None):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.rank = rank
+        self.world_size = world_size
+        self.step = 0
+        self.t0 = time.perf_counter()  # replaced by the clock-sync barrier's exit time
+        self._pending: list[CollectiveRecord] = []
+        self._last_end = float("-inf")
+        self._lock = threading.Lock()
+        self._file = open(out_path, "a", buffering=1 << 16) if out_path is not None else None
+        self.warned_no_cuda_timing = False
+
+    # --- issuing -------------------------------------------------------------------------------
+    def set_step(self, step: int) -> None:
+        self.step = step
+
+    def _new(self, op: str, tensor: Optional[torch.Tensor], label: str, nbytes: Optional[int],
+             group_size: Optional[int], blocking: bool) -> CollectiveRecord:
+        if nbytes is None:
+            nbytes = tensor.numel() * tensor.element_size() if tensor is not None else 0
+        return CollectiveRecord(
+            op=op, bytes=int(nbytes), dtype=_dtype_name(tensor.dtype) if tensor is not None else "",
+            group_size=group_size or self.world_size, label=label, step=self.step,
+            issue_s=time.perf_counter(), blocking=blocking,
+        )
+
+    def _cuda_start_event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def track(self, op: str, tensor: Optional[torch.Tensor], label: str, work, nbytes: Optional[int] = None,
+              group_size: Optional[int] = None):
+        """Record an async collective just issued (call it right after the call that returned `work`).
+        Returns `work` unchanged."""
+        if work is None:  # a synchronous call slipped through: it already finished
+            rec = self._new(op, tensor, label, nbytes, group_size, blocking=True)
+            rec.end_s = rec.issue_s
+            self._pending.append(rec)
+            return work
+        rec = self._new(op, tensor, label, nbytes, group_size, blocking=False)
+        if self.cuda:
+            rec._cuda_events = (self._cuda_start_event(), None)
+            rec._work = work
+        else:
+            def stamp(_fut, rec=rec):
+                rec.end_s = time.perf_counter()
+
+            rec._future = work.get_future().then(stamp)
+        self._pending.append(rec)
+        return work
+
+    @contextlib.contextmanager
+    def timed(self, op: str, tensor: Optional[torch.Tensor] = None, label: str = "", nbytes: Optional[int] = None,
+              group_size: Optional[int] = None):
+        """Time a blocking collective: `with recorder.timed("broadcast", t, "init"): dist.broadcast(t, 0)`."""
+        rec = self._new(op, tensor, label, nbytes, group_size, blocking=True)
+        start_event = self._cuda_start_event() if self.cuda else None
+        yield
+        if self.cuda:
+            end_event = torch.cuda.Event(enable_timing=True)
+            end_event.record()
+            rec._cuda_events = (start_event, end_event)
+        else:
+            rec.end_s = time.perf_counter()
+        self._pending.append(rec)
+
+    # --- reading back --------------------------------------------------------------------------
+    def _resolve_cuda(self, rec: CollectiveRecord, ref_event, ref_time: float) -> None:
+        """Map CUDA event times onto the host clock: ref_event was recorded when the host read ref_time
+        with the GPU idle (after a synchronize)."""
+        start_event, end_event = rec._cuda_events
+        start = ref_time + ref_event.elapsed_time(start_event) / 1e3
+        rec.issue_s = min(rec.issue_s, start) if rec.blocking else start
+        if end_event is not None:
+            rec.end_s = ref_time + ref_event.elapsed_time(end_event) / 1e3
+            return
+        duration_ms = rec._work._get_duration() if rec._work is not None else -1.0
+        if duration_ms is None or duration_ms < 0:
+            if not self.warned_no_cuda_timing:
+                self.warned_no_cuda_timing = True
+                print("gptdist: NCCL work timing unavailable (set TORCH_NCCL_ENABLE_TIMING=1 before the process "
+                      "group starts); async collective durations are not recorded")
+            return
+        rec.end_s = max(start, self._last_end) + duration_ms / 1e3
+
+    def collect(self, cuda_ref: Optional[tuple[Any, float]] = None) -> list[CollectiveRecord]:
+        """All records since the last call, finished: waits for their completion callbacks (the
+        caller has already waited for the collectives themselves), sets start times, writes them to
+        collectives.jsonl. cuda_ref: (event, host time) the CUDA times are mapped against."""
+        records, self._pending = self._pending, []
+        for rec in records:
+            if rec._future is not None:
+                rec._future.wait()
+            if rec._cuda_events is not None and cuda_ref is not None:
+                self._resolve_cuda(rec, *cuda_ref)
+        for rec in records:  # issue order = execution order on the group
+            if rec.end_s is None:
+                continue
+            rec.start_s = min(max(rec.issue_s, self._last_end), rec.end_s)
+            self._last_end = max(self._last_end, rec.end_s)
+            rec._future = rec._work = rec._cuda_events = None
+        if self._file is not None and records:
+            self._file.write("".join(json.dumps(r.to_json(self.rank, self.t0)) + "\n" for r in records))
+        return records
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def comm_intervals(records: list[CollectiveRecord]) -> list[Interval]:
+    return [(r.start_s, r.end_s) for r in records if r.start_s is not None and r.end_s is not None]
+
+
+def blocking_intervals(records: list[CollectiveRecord]) -> list[Interval]:
+    """Collectives the host sat in: no compute was issued (on CPU: ran) on this rank meanwhile."""
+    return [(r.start_s, r.end_s) for r in records if r.blocking and r.start_s is not None and r.end_s is not None]
