@@ -30,7 +30,10 @@ def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
     except GptdistError as e:
         rank = os.environ.get("RANK")
         prefix = f"[rank{rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
-        print(f"{prefix}error: {e}", file=sys.stderr, flush=True)
+        # One write call: under torchrun every rank shares the same stderr pipe, and a write below
+        # PIPE_BUF (4 KiB) is never interleaved with another rank's line.
+        sys.stderr.flush()
+        os.write(2, f"{prefix}error: {e}\n".encode())
         if prefix:
             # torchrun stops every worker as soon as one exits; a moment's grace lets the other ranks,
             # which usually hit the same error at the same point, print theirs too.

@@ -126,3 +126,14 @@ def test_gpt2_vocab_run_logs_hellaswag_and_samples(data_dir, tmp_path):
     (sample,) = read_metrics(run, "sample")
     assert sample["text"][0].startswith("ROMEO:")
     assert "=== step 2 sample 0\nROMEO:" in (run / "samples.txt").read_text()
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_losses(data_dir, tmp_path):
+    """train.compile compiles each block (inductor on CPU, ~20 s cold); the numbers stay the eager ones."""
+    eager = train(tiny(data_dir, tmp_path, **{"train.max_steps": 3, "eval.val_every": 0}), init_distributed("cpu"))
+    compiled = train(
+        tiny(data_dir, tmp_path, **{"train.max_steps": 3, "eval.val_every": 0, "train.compile": True, "log.run_name": "c"}),
+        init_distributed("cpu"),
+    )
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-4)
