@@ -237,6 +237,19 @@ def comm_from_profile(name: str) -> CommFn:
     return PROFILES[name].time_ms
 
 
+def batch_compute_scale(big: "Timeline", small: "Timeline", tokens: float) -> float:
+    """compute_scale for `tokens` per rank from two measured single-rank timelines at different batches:
+    the batch-dependent work (pre + backward) as an affine function a + b·tokens through both points.
+    A fixed per-step cost (Python, kernel launches, small ops) does not shrink with the batch, so a
+    straight 1/N overestimates strong scaling; two measured points capture it."""
+    w_big, w_small = big.pre_ms + big.backward_ms, small.pre_ms + small.backward_ms
+    if big.tokens_per_step == small.tokens_per_step:
+        raise ConfigError("the two timelines must have different batches (tokens_per_step)")
+    slope = (w_big - w_small) / (big.tokens_per_step - small.tokens_per_step)
+    intercept = w_big - slope * big.tokens_per_step
+    return (intercept + slope * tokens) / w_big
+
+
 def cpu_contention(world_size: int, threads_per_rank: int, cores: int) -> float:
     """How much slower each rank computes when N ranks x t threads share C cores."""
     return max(1.0, world_size * threads_per_rank / cores)

@@ -178,3 +178,15 @@ def test_modelled_timeline_is_flops_at_mfu():
     assert t.buckets[-1].ready_ms == pytest.approx(t.backward_ms)  # the tied embedding bucket is ready last
     assert all(a.ready_ms <= b.ready_ms for a, b in zip(t.buckets, t.buckets[1:]))
     assert not math.isnan(simulate(t, comm_from_profile("h100-nvlink-8"), 8).step_ms)
+
+
+def test_batch_compute_scale_is_affine_through_two_points():
+    from gptdist.simulator import batch_compute_scale
+
+    big = Timeline(pre_ms=30.0, backward_ms=70.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=800)
+    small = Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=200)
+    # work = 100 ms at 800 tokens, 30 ms at 200: slope 70/600 ms per token, intercept 100 - 800*70/600 = 6.67 ms
+    assert batch_compute_scale(big, small, 400) == pytest.approx((100 - 400 * 70 / 600) / 100)
+    assert batch_compute_scale(big, small, 200) == pytest.approx(0.3)
+    with pytest.raises(ConfigError):
+        batch_compute_scale(big, big, 100)
