@@ -134,7 +134,14 @@ class Instrumentation:
         self.rows.append({"step": step, "step_ms": step_ms, "compute_ms": values["time/compute_ms"],
                           "comm_ms": values["comm/total_ms"], "exposed_ms": values["comm/exposed_ms"],
                           "overlap": values["comm/overlap"]})
-        self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms, **values}) + "\n")
+        # The step's timeline (ms from the step's start), for the scaling simulator (gptdist/simulator.py):
+        # phases in order, and when each gradient bucket got its last gradient (manual backend).
+        timeline = {
+            "phases": [[name, round((s - start) * 1e3, 4), round((e - start) * 1e3, 4)] for name, s, e in phases],
+            "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks()],
+        }
+        self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms, **values,
+                                           "timeline": timeline}) + "\n")
         return values
 
     def after_step(self) -> None:

@@ -109,6 +109,12 @@ class NullRecorder:
     def set_step(self, step: int) -> None:
         pass
 
+    def mark(self, name, index, nbytes):
+        pass
+
+    def take_marks(self) -> list:
+        return []
+
     def collect(self) -> list[CollectiveRecord]:
         return []
 
@@ -134,6 +140,17 @@ class CollectiveRecorder:
         self._lock = threading.Lock()
         self._file = open(out_path, "a", buffering=1 << 16) if out_path is not None else None
         self.warned_no_cuda_timing = False
+        self._marks: list[tuple[str, int, int, float]] = []  # (name, index, bytes, host time) this step
+
+    def mark(self, name: str, index: int, nbytes: int) -> None:
+        """Note a moment that is not a collective, e.g. "bucket_ready": the manual backend's bucket
+        `index` (`nbytes`) got its last gradient. The scaling simulator replays these from a 1-rank
+        run. Host clock: on CUDA it is when autograd's thread ran the hook (it runs ahead of the GPU)."""
+        self._marks.append((name, int(index), int(nbytes), time.perf_counter()))
+
+    def take_marks(self) -> list[tuple[str, int, int, float]]:
+        marks, self._marks = self._marks, []
+        return marks
 
     # --- issuing -------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:

@@ -120,6 +120,8 @@ class ManualBackend(Backend):
         self._pending[i] -= 1
         if self._pending[i] < 0:
             raise RuntimeError("manual backend: a second synced backward before finish_grad_sync()")
+        if self._pending[i] == 0:
+            self.recorder.mark("bucket_ready", i, self.buckets[i].bytes)  # for the scaling simulator
         if self.overlap:
             self._launch_ready_buckets()
 

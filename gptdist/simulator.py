@@ -1,0 +1,453 @@
+"""Scaling simulator: predict the step time at N ranks from a one-rank timeline and a communication model.
+
+    timeline = timeline_from_run("runs/scaling/strong-manual-n1")     # measured, 1 rank, manual backend
+    comm = comm_from_fit("docs/results/comm_bench_cpu_gloo/fit.json")  # or comm_from_profile("h100-nvlink-8")
+    pred = simulate(timeline, comm, world_size=4, backend="manual", compute_scale=1 / 4)
+    pred.step_ms, pred.exposed_ms, pred.schedule
+
+THE TIMELINE (one rank, one optimizer step, medians over steps; `Timeline`):
+    pre_ms        data + forward (+ earlier micro-steps) before the synced backward   } scale with the
+    backward_ms   the backward that produces the gradients to synchronise           } per-rank batch
+    buckets       per gradient bucket: its bytes and when, from the start of that backward, it got its
+                  last gradient (the manual backend's "bucket_ready" marks in steps.jsonl)
+    post_ms       finish_grad_sync's own work, clip, optimizer, zero_grad: whole-model work, the same at
+                  any batch (for FSDP it shrinks with the shard: 1/N)
+    other_ms      the rest of the measured step (Python, logging): kept as is
+
+THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's α–β fits (`gptdist.alphabeta`) or
+a named hardware profile (`PROFILES`, every number a stated assumption with its source).
+
+THE SCHEDULE, manual and ddp (overlap on): a bucket's all-reduce is launched when it is ready, in bucket-
+index order (launch_i = max(ready_i, launch_{i-1}), the order rule); collectives run one at a time on
+one stream (start_i = max(launch_i, end_{i-1})). The optimizer waits for the last one:
+
+    step = pre + max(backward end, last all-reduce end) + post + loss all-reduce + other
+
+overlap off: every all-reduce starts after backward (step = pre + backward + Σ comm + post + ...).
+
+fsdp: units = the transformer blocks and the root (wte/lm_head, wpe, ln_f), each an all-gather of its
+parameters before its forward and (reshard_after_forward) again before its backward, and a reduce-
+scatter of its gradients after its backward. With `prefetch` the all-gather of the next unit is issued
+when the current unit starts computing (FSDP2 on GPUs: separate streams run ahead of compute); without
+it each all-gather is issued just before its unit and waited for (what FSDP2 does on CPU/gloo).
+Compute per unit is split in proportion to its model FLOPs. One comm stream for all collectives.
+
+COMPUTE AT N RANKS: `compute_scale` multiplies the batch-dependent part (pre, backward, bucket ready
+times): 1/N for strong scaling (the per-rank batch shrinks), 1 for weak scaling. `contention` multiplies
+all compute: 1 on GPUs (a rank owns its device); on a CPU with C cores and N ranks of t threads each,
+`cpu_contention(N, t, C)` = max(1, N·t / C) (a rank gets C/(N·t) of a core's time). That is the one
+thing the simulator does not know by itself; docs/scaling.md explains how it was validated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from gptdist.errors import ConfigError
+
+CommFn = Callable[[str, float, int], float]  # (op, nbytes, world_size) -> ms
+
+# Phases after the synced backward whose work does not depend on the batch.
+POST_PHASES = ("grad_sync", "clip", "optimizer", "zero_grad")
+
+
+@dataclass
+class BucketTiming:
+    index: int
+    bytes: int
+    ready_ms: float  # from the start of the synced backward
+
+
+@dataclass
+class Timeline:
+    pre_ms: float
+    backward_ms: float
+    post_ms: dict[str, float]
+    other_ms: float
+    buckets: list[BucketTiming]
+    data_ms: float = 0.0  # part of pre_ms (reported separately; scaled like pre_ms)
+    step_ms: float = 0.0  # the measured step, for reference
+    tokens_per_step: int = 0
+    model: dict = field(default_factory=dict)  # n_layer, n_embd, vocab_size, seq_len (for fsdp units)
+    source: str = ""
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(b.bytes for b in self.buckets)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @staticmethod
+    def from_json(data: dict) -> "Timeline":
+        data = dict(data)
+        data["buckets"] = [BucketTiming(**b) for b in data["buckets"]]
+        return Timeline(**data)
+
+
+def load_timeline(path: str | Path) -> Timeline:
+    try:
+        return Timeline.from_json(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"timeline file not found: {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a timeline file (write one with launch/simulate.py extract): {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# From a measured run
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def timeline_from_steps(rows: list[dict], skip: int = 1) -> Timeline:
+    """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual run)."""
+    rows = [r for r in rows if "timeline" in r]
+    kept = rows[skip:] if len(rows) > skip else rows
+    if not kept:
+        raise ConfigError("no steps with a timeline (run with the manual backend and instrument.enabled=true)")
+    pre, bwd, data, other, step = [], [], [], [], []
+    post: dict[str, list[float]] = {p: [] for p in POST_PHASES}
+    ready: dict[int, list[float]] = {}
+    sizes: dict[int, int] = {}
+    for r in kept:
+        phases = r["timeline"]["phases"]
+        backwards = [p for p in phases if p[0] == "backward"]
+        if not backwards:
+            raise ConfigError(f"step {r['step']} has no backward phase")
+        _, b_start, b_end = backwards[-1]  # the synced backward (the last micro-step's)
+        pre.append(b_start)
+        bwd.append(b_end - b_start)
+        data.append(sum(e - s for name, s, e in phases if name == "data"))
+        for name in POST_PHASES:
+            post[name].append(sum(e - s for n, s, e in phases if n == name))
+        accounted = b_end + sum(e - s for n, s, e in phases if n in POST_PHASES or n == "loss_reduce")
+        other.append(max(0.0, r["step_ms"] - accounted))
+        step.append(r["step_ms"])
+        for name, index, nbytes, t in r["timeline"]["marks"]:
+            if name == "bucket_ready":
+                ready.setdefault(index, []).append(t - b_start)
+                sizes[index] = nbytes
+    if not ready:
+        raise ConfigError("the run recorded no bucket_ready marks: take the timeline from a manual-backend run")
+    buckets = [BucketTiming(i, sizes[i], _median(ready[i])) for i in sorted(ready)]
+    return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms={k: _median(v) for k, v in post.items()},
+                    other_ms=_median(other), buckets=buckets, data_ms=_median(data), step_ms=_median(step))
+
+
+def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Timeline:
+    """Timeline of a (1-rank, manual backend) run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml."""
+    run_dir = Path(run_dir)
+    steps = run_dir / "ranks" / f"rank{rank}" / "steps.jsonl"
+    if not steps.is_file():
+        raise ConfigError(f"{steps} not found (is {run_dir} an instrumented run folder?)")
+    rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
+    timeline = timeline_from_steps(rows, skip)
+    if (run_dir / "config.yaml").is_file():
+        from gptdist.config import batch_plan, build_config, resolve_model
+
+        config = build_config(run_dir / "config.yaml", {})
+        m = resolve_model(config)
+        timeline.model = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
+                          "seq_len": config.data.seq_len}
+        world = len(list((run_dir / "ranks").glob("rank*")))
+        timeline.tokens_per_step = batch_plan(config, world).tokens_per_step // world  # per rank
+    timeline.source = str(run_dir)
+    return timeline
+
+
+# ----------------------------------------------------------------------------------------------
+# Communication models
+
+
+def comm_from_fit(path: str | Path, extrapolate: bool = True) -> CommFn:
+    """α–β fits of a comm_bench fit.json, per op and world size."""
+    from gptdist.alphabeta import load_fit
+
+    model = load_fit(path)
+
+    def time_ms(op: str, nbytes: float, n: int) -> float:
+        try:
+            return model.predict_time_us(op, nbytes, n, extrapolate=extrapolate) / 1e3
+        except KeyError as e:
+            raise ConfigError(f"{path}: {e.args[0]}") from None
+
+    return time_ms
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A cluster as α–β per link class. Collectives are modelled as NCCL's ring (busbw constant in N)
+    inside a node, and hierarchically across nodes: reduce-scatter inside the node, the ring over the
+    nodes' NICs on 1/g of the data (each GPU uses its own NIC: rails), all-gather inside the node."""
+
+    name: str
+    gpus_per_node: int
+    intra_busbw_gbps: float  # achieved NCCL busbw inside a node, large messages
+    intra_alpha_us: float
+    inter_busbw_gbps: float  # achieved per-GPU busbw over the network (one NIC per GPU)
+    inter_alpha_us: float
+    peak_tflops: float  # dense bf16 per GPU (for modelled timelines)
+    sources: tuple[str, ...] = ()
+
+    def time_ms(self, op: str, nbytes: float, n: int) -> float:
+        from gptdist.alphabeta import busbw_factor
+
+        if n <= 1:
+            return 0.0
+        g = min(n, self.gpus_per_node)
+        nodes = math.ceil(n / self.gpus_per_node)
+        # ring cost inside the node: nbytes · factor(op, g) / busbw
+        t_us = self.intra_alpha_us + nbytes * busbw_factor(op, g) / (self.intra_busbw_gbps * 1e3)
+        if nodes > 1:
+            # each GPU carries 1/g of the data over its own NIC, in a ring of `nodes`
+            t_us += self.inter_alpha_us + (nbytes / g) * busbw_factor(op, nodes) / (self.inter_busbw_gbps * 1e3)
+        return t_us / 1e3
+
+
+PROFILES: dict[str, HardwareProfile] = {
+    # Assumptions, not measurements. busbw figures: nccl-tests all_reduce_perf on 8x H100 SXM (NVLink 4,
+    # NVSwitch, NVLS) reaches ~460-480 GB/s busbw at large sizes (NVIDIA's nccl-tests maintainer in
+    # github.com/NVIDIA/nccl-tests/issues/290: "476GB/s looks to be in the expected range for H100");
+    # we take 450 to stay below the NVLS peak. 400 Gb/s NDR InfiniBand: "you should see 46-48GB/s per
+    # NIC" (same thread); we take 45 per GPU with one NIC per GPU (DGX/HGX H100: 8x ConnectX-7).
+    # α (small-message latency) is an assumption of the order nccl-tests prints for 8 B all-reduces:
+    # ~15 µs inside a node, ~30 µs added across nodes; it only matters for tiny buckets.
+    "h100-nvlink-8": HardwareProfile("h100-nvlink-8", 8, 450.0, 15.0, 45.0, 30.0, 989.0, (
+        "github.com/NVIDIA/nccl-tests/issues/290 (476 GB/s all-reduce busbw, 8x H100, NVLS)",)),
+    "2x8-h100-ib-400g": HardwareProfile("2x8-h100-ib-400g", 8, 450.0, 15.0, 45.0, 30.0, 989.0, (
+        "github.com/NVIDIA/nccl-tests/issues/290 (476 GB/s in a node; 46-48 GB/s per 400G NDR NIC)",
+        "one 400 Gb/s NIC per GPU (rail-optimised, as DGX H100)")),
+}
+
+
+def comm_from_profile(name: str) -> CommFn:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown hardware profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name].time_ms
+
+
+def batch_compute_scale(big: "Timeline", small: "Timeline", tokens: float) -> float:
+    """compute_scale for `tokens` per rank from two measured single-rank timelines at different batches:
+    the batch-dependent work (pre + backward) as an affine function a + b·tokens through both points.
+    A fixed per-step cost (Python, kernel launches, small ops) does not shrink with the batch, so a
+    straight 1/N overestimates strong scaling; two measured points capture it."""
+    w_big, w_small = big.pre_ms + big.backward_ms, small.pre_ms + small.backward_ms
+    if big.tokens_per_step == small.tokens_per_step:
+        raise ConfigError("the two timelines must have different batches (tokens_per_step)")
+    slope = (w_big - w_small) / (big.tokens_per_step - small.tokens_per_step)
+    intercept = w_big - slope * big.tokens_per_step
+    return (intercept + slope * tokens) / w_big
+
+
+def cpu_contention(world_size: int, threads_per_rank: int, cores: int) -> float:
+    """How much slower each rank computes when N ranks x t threads share C cores."""
+    return max(1.0, world_size * threads_per_rank / cores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulation
+
+
+@dataclass
+class CommEvent:
+    op: str
+    label: str
+    bytes: float
+    launch_ms: float
+    start_ms: float
+    end_ms: float
+
+
+@dataclass
+class Prediction:
+    backend: str
+    world_size: int
+    step_ms: float
+    compute_ms: float
+    comm_ms: float  # sum of collective durations (one stream: no two at once)
+    exposed_ms: float  # communication with no compute running
+    data_ms: float
+    other_ms: float
+    schedule: list[CommEvent]
+    assumptions: dict = field(default_factory=dict)
+
+    @property
+    def overlap(self) -> Optional[float]:
+        return 1.0 - self.exposed_ms / self.comm_ms if self.comm_ms > 0 else None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["overlap"] = self.overlap
+        return d
+
+
+def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: int, free_at: float = 0.0) -> list[CommEvent]:
+    """Requests (op, label, bytes, launch time) in issue order on one stream -> events."""
+    events = []
+    for op, label, nbytes, launch in requests:
+        start = max(launch, free_at)
+        free_at = start + comm(op, nbytes, n)
+        events.append(CommEvent(op, label, nbytes, launch, start, free_at))
+    return events
+
+
+def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
+                       overlap: bool = True, backend: str = "manual") -> Prediction:
+    """manual / ddp: bucketed all-reduce, launched in index order, overlapped with backward."""
+    c = compute_scale * contention
+    pre, bwd, data = t.pre_ms * c, t.backward_ms * c, t.data_ms * c
+    post = sum(t.post_ms.values()) * contention
+    requests, launch = [], 0.0
+    for b in sorted(t.buckets, key=lambda b: b.index):
+        ready = b.ready_ms * c if overlap else bwd
+        launch = max(launch, ready)  # the order rule
+        requests.append(("all_reduce", f"bucket={b.index}", b.bytes, pre + launch))
+    events = _run_stream(requests, comm, n) if n > 1 else []
+    sync_end = max([pre + bwd] + [e.end_ms for e in events])
+    loss = comm("all_reduce", 8, n) if n > 1 else 0.0  # the trainer's loss (+ stop flag) all-reduce
+    step = sync_end + post + loss + t.other_ms
+    comm_total = sum(e.end_ms - e.start_ms for e in events) + loss
+    exposed = (sync_end - (pre + bwd)) + loss
+    return Prediction(backend, n, step, pre - data + bwd + post, comm_total, exposed, data, t.other_ms, events,
+                      {"compute_scale": compute_scale, "contention": contention, "overlap": overlap})
+
+
+def fsdp_units(model: dict, param_bytes_per_element: int = 4) -> list[tuple[str, float, float]]:
+    """(name, parameter bytes, share of the model FLOPs) for the root and each block, from the GPT shape.
+    A block: 12·d² weights (+ biases, LayerNorms), attention 12·T·d FLOPs per token on top of 6·params.
+    The root: wte (tied lm_head, V·d) + wpe + ln_f; its FLOPs are the lm_head matmul (6·V·d per token)."""
+    L, d, V, T = model["n_layer"], model["n_embd"], model["vocab_size"], model["seq_len"]
+    block_params = 12 * d * d + 13 * d
+    block_flops = 6 * block_params + 12 * T * d
+    root_params = V * d + model.get("block_size", T) * d + 2 * d
+    root_flops = 6 * V * d
+    total = L * block_flops + root_flops
+    units = [("root", root_params * param_bytes_per_element, root_flops / total)]
+    units += [(f"h.{i}", block_params * param_bytes_per_element, block_flops / total) for i in range(L)]
+    return units
+
+
+def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
+                  prefetch: bool = True, reshard_after_forward: bool = True, gather_bytes_per_element: int = 4,
+                  reduce_bytes_per_element: int = 4) -> Prediction:
+    """FSDP2 (ZeRO-3): per-unit all-gather before forward and backward, reduce-scatter after backward."""
+    if not t.model:
+        raise ConfigError("the timeline has no model shape (fsdp needs it to split compute per unit)")
+    c = compute_scale * contention
+    units = fsdp_units(t.model)
+    root, blocks = units[0], units[1:]
+    data = t.data_ms * c
+    fwd = (t.pre_ms - t.data_ms) * c
+    bwd = t.backward_ms * c
+    # The optimizer, clip and zero_grad work on this rank's 1/N shard.
+    post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * contention / n
+    free_at, clock, events = 0.0, data, []
+
+    def collective(op: str, label: str, nbytes: float, launch: float) -> float:
+        nonlocal free_at
+        (e,) = _run_stream([(op, label, nbytes, launch)], comm, n, free_at)
+        free_at = e.end_ms
+        events.append(e)
+        return e.end_ms
+
+    gather = lambda u: u[1] * gather_bytes_per_element / 4  # noqa: E731  (units come in fp32 bytes)
+    # Forward: the root (embeddings) first, then the blocks; the root's lm_head at the end.
+    order = [root] + blocks
+    fwd_time = {u[0]: fwd * u[2] for u in units}
+    ready = {root[0]: collective("all_gather", "module=root", gather(root), clock)}
+    if prefetch and blocks:
+        ready[blocks[0][0]] = collective("all_gather", f"module={blocks[0][0]}", gather(blocks[0]), clock)
+    for i, u in enumerate(blocks):
+        if u[0] not in ready:
+            ready[u[0]] = collective("all_gather", f"module={u[0]}", gather(u), clock)
+        clock = max(clock, ready[u[0]])
+        if prefetch and i + 1 < len(blocks):  # issued as this block starts computing
+            nxt = blocks[i + 1]
+            ready[nxt[0]] = collective("all_gather", f"module={nxt[0]}", gather(nxt), clock)
+        clock += fwd_time[u[0]]
+    clock += fwd_time[root[0]]  # lm_head + loss (the root stays gathered)
+    # Backward: the root's lm_head first, blocks last to first, the embeddings' gradient at the very end.
+    bwd_time = {u[0]: bwd * u[2] for u in units}
+    clock += bwd_time[root[0]]
+    rev = list(reversed(blocks))
+    ready = {}
+    if reshard_after_forward and prefetch and rev:
+        ready[rev[0][0]] = collective("all_gather", f"module={rev[0][0]}", gather(rev[0]), clock)
+    for i, u in enumerate(rev):
+        if reshard_after_forward:
+            if u[0] not in ready:
+                ready[u[0]] = collective("all_gather", f"module={u[0]}", gather(u), clock)
+            clock = max(clock, ready[u[0]])
+            if prefetch and i + 1 < len(rev):
+                nxt = rev[i + 1]
+                ready[nxt[0]] = collective("all_gather", f"module={nxt[0]}", gather(nxt), clock)
+        clock += bwd_time[u[0]]
+        collective("reduce_scatter", f"module={u[0]}", u[1] * reduce_bytes_per_element / 4, clock)
+    last = collective("reduce_scatter", "module=root", root[1] * reduce_bytes_per_element / 4, clock)
+    sync_end = max(clock, last)
+    norm = comm("all_reduce", 8, n)  # the global grad-norm all-reduce
+    loss = comm("all_reduce", 8, n)
+    step = sync_end + post + norm + loss + t.other_ms
+    compute = fwd + bwd + post
+    comm_total = sum(e.end_ms - e.start_ms for e in events) + norm + loss
+    exposed = max(0.0, step - compute - data - t.other_ms)
+    return Prediction("fsdp", n, step, compute, comm_total, exposed, data, t.other_ms, events,
+                      {"compute_scale": compute_scale, "contention": contention, "prefetch": prefetch,
+                       "reshard_after_forward": reshard_after_forward})
+
+
+def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual", compute_scale: float = 1.0,
+             contention: float = 1.0, overlap: bool = True, prefetch: bool = True) -> Prediction:
+    if backend in ("manual", "ddp"):
+        return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend)
+    if backend == "fsdp":
+        return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)
+    raise ConfigError(f"the simulator models manual, ddp and fsdp, not {backend!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# A modelled (not measured) single-GPU timeline
+
+
+def modelled_timeline(model: dict, tokens_per_rank: int, peak_tflops: float, mfu: float,
+                      bucket_cap_mb: float = 25.0, first_bucket_mb: float = 1.0, grad_bytes_per_element: int = 4,
+                      optimizer_ms: float = 0.0) -> Timeline:
+    """A single-GPU timeline from FLOPs at an assumed MFU, for when no GPU run exists. Forward = 1/3 and
+    backward = 2/3 of 6·N·tokens (+ attention) FLOPs; bucket ready times proportional to backward progress
+    over the parameters in reverse order (the tied wte/lm_head bucket ready at the end, as measured on CPU).
+    Replace it with `timeline_from_run` on a measured 1-GPU run as soon as one exists."""
+    import torch
+
+    from gptdist.flops import flops_per_token
+    from gptdist.model import GPT, GPTConfig
+    from gptdist.parallel.buckets import MB, plan_buckets
+
+    cfg = GPTConfig(n_layer=model["n_layer"], n_head=model["n_head"], n_embd=model["n_embd"],
+                    block_size=model["seq_len"], vocab_size=model["vocab_size"])
+    with torch.device("meta"):
+        gpt = GPT(cfg)
+    step_flops = flops_per_token(cfg, model["seq_len"]) * tokens_per_rank
+    compute_ms = step_flops / (peak_tflops * 1e12 * mfu) * 1e3
+    fwd, bwd = compute_ms / 3, compute_ms * 2 / 3
+    buckets = plan_buckets(gpt.named_parameters(), int(bucket_cap_mb * MB), int(first_bucket_mb * MB))
+    total = sum(b.numel for b in buckets)
+    timings, done = [], 0
+    for b in buckets:
+        done += b.numel
+        tied = any(name.endswith("wte.weight") for name in b.names)
+        ready = bwd if tied else bwd * done / total
+        timings.append(BucketTiming(b.index, b.numel * grad_bytes_per_element, ready))
+    return Timeline(pre_ms=fwd, backward_ms=bwd, post_ms={"optimizer": optimizer_ms}, other_ms=0.0, buckets=timings,
+                    tokens_per_step=tokens_per_rank, model=dict(model),
+                    source=f"modelled: {step_flops:.3g} FLOPs at {mfu:.0%} MFU of {peak_tflops:g} TFLOP/s")

@@ -1,0 +1,68 @@
+"""The scaling study: one config, each backend at each world size, strong and weak; report + plots.
+
+    python launch/scaling.py --config configs/scaling_cpu.yaml --backends manual,ddp,fsdp \
+        --world-sizes 1,2,4 --out docs/results/scaling_cpu_gloo
+    python launch/scaling.py ... --world-sizes 1,2,4,8,2x8      # a GPU box (2x8: 2 nodes, rehearsed on one host)
+
+Extra train.py overrides after `--`. See gptdist/scaling.py and docs/scaling.md.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from gptdist.cli import main_guard  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+    from gptdist import scaling
+    from gptdist.config import build_config
+    from gptdist.errors import ConfigError
+
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--backends", default="manual,ddp,fsdp")
+    p.add_argument("--world-sizes", default="1,2,4")
+    p.add_argument("--modes", default="strong,weak")
+    p.add_argument("--per-rank-batch", type=int, default=0, help="b (default: the config's data.batch_size)")
+    p.add_argument("--steps", type=int, default=14)
+    p.add_argument("--warmup", type=int, default=4, help="steps left out of the medians")
+    p.add_argument("--threads-per-rank", type=int, default=1, help="OMP_NUM_THREADS of every rank")
+    p.add_argument("--runs-dir", default="runs/scaling")
+    p.add_argument("--out", required=True, help="report folder (report.md, results.json, plots)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    p.add_argument("--note", action="append", default=[], help="a line for the report (repeatable)")
+    args = p.parse_args(argv)
+    if args.warmup >= args.steps:
+        raise ConfigError("--warmup must be below --steps")
+
+    cfg = build_config(args.config, extra)
+    b = args.per_rank_batch or cfg.data.batch_size
+    layouts = scaling.parse_world_sizes(args.world_sizes)
+    modes = [m.strip() for m in args.modes.split(",")]
+    backends = [x.strip() for x in args.backends.split(",")]
+    specs = scaling.plan_runs(backends, layouts, modes, b, cfg.data.seq_len)
+    runs_dir = Path(args.runs_dir)
+    results = []
+    for spec in specs:
+        run_dir = scaling.run_spec(spec, args.config, runs_dir, args.steps, args.threads_per_rank, args.timeout, extra)
+        results.append(scaling.collect_run(run_dir, spec, args.warmup))
+    rows = scaling.analyse(results, modes)
+    meta = {"command": "python launch/scaling.py " + " ".join(sys.argv[1:]), "config": args.config,
+            "backends": backends, "world_sizes": args.world_sizes, "modes": modes, "steps": args.steps,
+            "warmup": args.warmup, "threads_per_rank": args.threads_per_rank, "per_rank_batch": b,
+            "global_batch": b * max(l.world for l in layouts), "seq_len": cfg.data.seq_len, "extra": extra,
+            "env": scaling.environment()}
+    out = Path(args.out)
+    scaling.write_report(out, rows, results, meta, args.note)
+    print(scaling.markdown_table(rows))
+    print(scaling.answer_in_words(rows))
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main_guard(main, sys.argv[1:])

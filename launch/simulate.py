@@ -1,0 +1,176 @@
+"""Scaling simulator CLI (gptdist/simulator.py).
+
+    # 1. a timeline from a measured 1-rank manual run
+    python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
+    # 2. predicted step times at N ranks, from comm_bench fits or a hardware profile; report + plots
+    python launch/simulate.py predict timeline.json --fit docs/results/comm_bench_cpu_gloo/fit.json \
+        --world-sizes 1,2,4 --cores 2 --out docs/results/simulator_cpu_gloo
+    python launch/simulate.py predict timeline.json --profile 2x8-h100-ib-400g --world-sizes 1,2,4,8,16 --out ...
+    # 3. predicted vs measured, against a scaling study's results.json
+    python launch/simulate.py validate timeline.json --fit ... --study docs/results/scaling_cpu_gloo/results.json --cores 2
+    # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
+    python launch/simulate.py model --preset gpt2 --seq-len 1024 --batch 16 --mfu 0.4 --peak-tflops 989 --out t.json
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from gptdist.cli import main_guard  # noqa: E402
+
+
+def _comm(args):
+    from gptdist import simulator
+    from gptdist.errors import ConfigError
+
+    if bool(args.fit) == bool(args.profile):
+        raise ConfigError("give one of --fit FIT.json or --profile NAME")
+    return simulator.comm_from_fit(args.fit) if args.fit else simulator.comm_from_profile(args.profile)
+
+
+def _predict_rows(args, timeline, worlds, mode, backend):
+    from gptdist import scaling, simulator
+
+    rows, preds = [], []
+    base = None
+    for layout in worlds:
+        n = layout.world
+        share = 1.0 / n if mode == "strong" else 1.0
+        if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
+            small = simulator.load_timeline(args.small_timeline)
+            share = simulator.batch_compute_scale(timeline, small, timeline.tokens_per_step * share)
+        contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
+        p = simulator.simulate(timeline, _comm(args), n, backend, share, contention, overlap=not args.no_overlap,
+                               prefetch=not args.no_prefetch)
+        base = p if n == 1 else base
+        preds.append(p)
+        parts = {"compute": p.compute_ms, "exposed": p.exposed_ms, "wait": 0.0, "data": p.data_ms, "other": p.other_ms}
+        e = scaling.efficiency(mode, base.step_ms, p.step_ms, n)
+        base_parts = {"compute": base.compute_ms, "exposed": base.exposed_ms, "wait": 0.0, "data": base.data_ms,
+                      "other": base.other_ms}
+        tokens = timeline.tokens_per_step * (1 if mode == "strong" else n) if timeline.tokens_per_step else 0
+        rows.append({"mode": mode, "backend": backend, "world": n, "layout": layout.name, "run": "predicted",
+                     "step_ms": p.step_ms, "step_p25": p.step_ms, "step_p75": p.step_ms, **e,
+                     "gap_ms": p.step_ms - e["ideal_ms"], "gap": scaling.attribute_gap(mode, base_parts, parts, n),
+                     "parts": parts, "comm_ms": p.comm_ms, "overlap": p.overlap,
+                     "tokens_per_s": tokens / (p.step_ms / 1e3) if tokens else 0.0, "mem_peak_mb": 0.0,
+                     "batch_size": 0, "contention": contention})
+    return rows, preds
+
+
+def main(argv: list[str]) -> None:
+    from gptdist import scaling, simulator
+    from gptdist.errors import ConfigError
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("extract", help="timeline.json from a 1-rank manual run folder")
+    e.add_argument("run")
+    e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
+    e.add_argument("--out", required=True)
+    m = sub.add_parser("model", help="a MODELLED single-GPU timeline from FLOPs at an assumed MFU")
+    m.add_argument("--preset", default="gpt2")
+    m.add_argument("--vocab-size", type=int, default=50304)
+    m.add_argument("--seq-len", type=int, default=1024)
+    m.add_argument("--batch", type=int, default=16, help="sequences per rank")
+    m.add_argument("--peak-tflops", type=float, default=989.0)
+    m.add_argument("--mfu", type=float, default=0.4)
+    m.add_argument("--optimizer-ms", type=float, default=0.0)
+    m.add_argument("--out", required=True)
+    for name in ("predict", "validate"):
+        q = sub.add_parser(name)
+        q.add_argument("timeline")
+        q.add_argument("--fit")
+        q.add_argument("--profile", choices=sorted(simulator.PROFILES))
+        q.add_argument("--backends", default="manual")
+        q.add_argument("--modes", default="strong")
+        q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
+        q.add_argument("--threads-per-rank", type=int, default=1)
+        q.add_argument("--small-timeline", help="a second 1-rank timeline at a smaller batch: compute(batch) affine")
+        q.add_argument("--no-overlap", action="store_true")
+        q.add_argument("--no-prefetch", action="store_true")
+        q.add_argument("--out", help="report folder")
+        if name == "predict":
+            q.add_argument("--world-sizes", default="1,2,4,8")
+            q.add_argument("--title", default="")
+        else:
+            q.add_argument("--study", required=True, help="a scaling study's results.json")
+    args = p.parse_args(argv)
+
+    if args.cmd == "extract":
+        t = simulator.timeline_from_run(args.run, args.skip)
+        t.save(args.out)
+        print(json.dumps(t.to_json(), indent=2))
+        return
+    if args.cmd == "model":
+        from gptdist.model import PRESETS
+
+        g = PRESETS[args.preset]
+        model = {"n_layer": g.n_layer, "n_embd": g.n_embd, "n_head": g.n_head, "vocab_size": args.vocab_size,
+                 "seq_len": args.seq_len}
+        t = simulator.modelled_timeline(model, args.batch * args.seq_len, args.peak_tflops, args.mfu,
+                                        optimizer_ms=args.optimizer_ms)
+        t.save(args.out)
+        print(json.dumps(t.to_json(), indent=2))
+        return
+
+    timeline = simulator.load_timeline(args.timeline)
+    backends = [b.strip() for b in args.backends.split(",")]
+    modes = [x.strip() for x in args.modes.split(",")]
+    if args.cmd == "predict":
+        worlds = scaling.parse_world_sizes(args.world_sizes)
+        rows = []
+        for mode in modes:
+            for backend in backends:
+                rows += _predict_rows(args, timeline, worlds, mode, backend)[0]
+        print(scaling.markdown_table(rows))
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "predicted.json").write_text(json.dumps(
+                {"command": "python launch/simulate.py " + " ".join(argv), "timeline": timeline.to_json(),
+                 "rows": rows}, indent=2, default=str) + "\n")
+            scaling.plot_report(rows, out, predicted=True, title_note=args.title)
+            print(f"wrote {out}/predicted.json and plots")
+        return
+
+    # validate: predicted vs measured, per (mode, backend, world) the study has
+    study = json.loads(Path(args.study).read_text())
+    lines, out_rows = [], []
+    for mode in modes:
+        for backend in backends:
+            measured = [r for r in study["rows"] if r["mode"] == mode and r["backend"] == backend]
+            if not measured:
+                raise ConfigError(f"{args.study} has no {mode}/{backend} rows")
+            worlds = scaling.parse_world_sizes(",".join(r["layout"] for r in measured))
+            rows, _ = _predict_rows(args, timeline, worlds, mode, backend)
+            for m_row, p_row in zip(sorted(measured, key=lambda r: r["world"]), rows):
+                err = p_row["step_ms"] / m_row["step_ms"] - 1
+                out_rows.append({"mode": mode, "backend": backend, "world": m_row["world"],
+                                 "measured_ms": m_row["step_ms"], "measured_p25": m_row["step_p25"],
+                                 "measured_p75": m_row["step_p75"], "predicted_ms": p_row["step_ms"], "error": err,
+                                 "measured_compute_ms": m_row["parts"]["compute"],
+                                 "predicted_compute_ms": p_row["parts"]["compute"],
+                                 "measured_exposed_ms": m_row["parts"]["exposed"] + m_row["parts"]["wait"],
+                                 "predicted_exposed_ms": p_row["parts"]["exposed"], "contention": p_row["contention"]})
+    head = "| mode | backend | N | measured ms (p25–p75) | predicted ms | error | compute meas/pred | exposed+wait meas/pred |"
+    lines = [head, "|" + "---|" * 8]
+    for r in out_rows:
+        lines.append(f"| {r['mode']} | {r['backend']} | {r['world']} | {r['measured_ms']:.1f} ({r['measured_p25']:.1f}–"
+                     f"{r['measured_p75']:.1f}) | {r['predicted_ms']:.1f} | {100 * r['error']:+.1f}% | "
+                     f"{r['measured_compute_ms']:.1f} / {r['predicted_compute_ms']:.1f} | "
+                     f"{r['measured_exposed_ms']:.1f} / {r['predicted_exposed_ms']:.1f} |")
+    print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(json.dumps(
+            {"command": "python launch/simulate.py " + " ".join(argv), "rows": out_rows}, indent=2) + "\n")
+        (out / "validation.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main_guard(main, sys.argv[1:])

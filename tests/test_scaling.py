@@ -1,0 +1,117 @@
+"""The scaling study: plan, per-step combination over ranks, efficiency, gap attribution, end to end."""
+
+import json
+
+import pytest
+
+from gptdist.errors import ConfigError
+from gptdist.scaling import (PARTS, Layout, analyse, attribute_gap, efficiency, parse_world_sizes, per_step_values,
+                             plan_runs, summarize_steps)
+from launchers import python
+from synthetic import make_token_dataset
+
+
+def test_parse_world_sizes_and_plan():
+    layouts = parse_world_sizes("1,2,4,2x4")
+    assert [(l.nodes, l.per_node, l.world, l.name) for l in layouts] == [
+        (1, 1, 1, "1"), (1, 2, 2, "2"), (1, 4, 4, "4"), (2, 4, 8, "2x4")]
+    with pytest.raises(ConfigError, match="must include 1"):
+        parse_world_sizes("2,4")
+    with pytest.raises(ConfigError, match="expected N or NODESxN"):
+        parse_world_sizes("1,two")
+    specs = plan_runs(["manual"], parse_world_sizes("1,2,4"), ["strong", "weak"], per_rank_batch=2, seq_len=64)
+    # strong: global batch 8 split as 8, 4, 2; weak: 2 per rank. N=4 is the same job in both modes: run once.
+    assert [(s.world, s.batch_size, s.modes) for s in specs] == [
+        (1, 8, ("strong",)), (1, 2, ("weak",)), (2, 4, ("strong",)), (2, 2, ("weak",)), (4, 2, ("strong", "weak"))]
+    assert specs[2].global_batch_tokens == 8 * 64 and specs[3].global_batch_tokens == 4 * 64
+    with pytest.raises(ConfigError, match="not divisible"):
+        plan_runs(["ddp"], parse_world_sizes("1,3,4"), ["strong"], 1, 8)
+
+
+def test_efficiency_on_known_inputs():
+    # strong: T1 = 100 ms; 4 ranks take 30 ms -> speed-up 3.33, efficiency 100 / (4 * 30) = 0.8333
+    e = efficiency("strong", 100.0, 30.0, 4)
+    assert e == pytest.approx({"speedup": 100 / 30, "efficiency": 100 / 120, "ideal_ms": 25.0})
+    # weak: same per-rank work; 4 ranks take 125 ms -> 80% efficient, 3.2x the throughput
+    e = efficiency("weak", 100.0, 125.0, 4)
+    assert e == pytest.approx({"speedup": 3.2, "efficiency": 0.8, "ideal_ms": 100.0})
+    with pytest.raises(ConfigError):
+        efficiency("diagonal", 1.0, 1.0, 1)
+
+
+def test_gap_attribution_sums_to_gap():
+    base = {"compute": 90.0, "exposed": 0.0, "wait": 0.0, "data": 2.0, "other": 8.0}  # T1 = 100
+    run = {"compute": 26.0, "exposed": 6.0, "wait": 1.5, "data": 0.5, "other": 2.0}  # T4 = 36
+    gap = attribute_gap("strong", base, run, 4)
+    assert gap == pytest.approx({"compute": 26 - 22.5, "exposed": 6.0, "wait": 1.5, "data": 0.0, "other": 0.0})
+    assert sum(gap.values()) == pytest.approx(36.0 - 100.0 / 4)
+    weak = attribute_gap("weak", base, {**base, "exposed": 10.0, "compute": 95.0}, 4)
+    assert weak == pytest.approx({"compute": 5.0, "exposed": 10.0, "wait": 0.0, "data": 0.0, "other": 0.0})
+
+
+def row(step, step_ms, compute, exposed, data=0.0, comm=None, mem=100.0):
+    return {"step": step, "step_ms": step_ms, "time/compute_ms": compute, "comm/exposed_ms": exposed,
+            "time/data_ms": data, "comm/total_ms": comm if comm is not None else exposed,
+            "comm/overlap": 0.0, "mem/peak_mb": mem}
+
+
+def test_per_step_values_separate_comm_from_waiting_for_a_straggler():
+    # step 2: rank 1 computed 10 ms longer; rank 0 waited for it inside the all-reduce
+    rows = {0: [row(1, 99, 9, 9), row(2, 50, 30, 18, 1.0)], 1: [row(1, 99, 9, 9), row(2, 51, 40, 8, 3.0, mem=120)]}
+    (v,) = per_step_values(rows, warmup=1)
+    assert v["step"] == 51 and v["compute"] == 35 and v["exposed"] == 8 and v["wait"] == 5 and v["data"] == 2
+    assert v["mem"] == 120
+    step, parts, comm, overlap, mem = summarize_steps([v])
+    assert step.median == 51 and parts["other"] == pytest.approx(51 - 35 - 8 - 5 - 2)
+    assert sum(parts[p] for p in PARTS) == pytest.approx(step.median)
+    with pytest.raises(ConfigError, match="no steps left"):
+        summarize_steps(per_step_values(rows, warmup=5))
+
+
+def test_analyse_rows_per_mode_and_backend():
+    from gptdist.scaling import RunResult, Stat
+
+    def result(world, step_ms, modes):
+        parts = {"compute": step_ms - 1, "exposed": 1.0, "wait": 0.0, "data": 0.0, "other": 0.0}
+        return RunResult(f"m{world}", "manual", world, str(world), 2, 128 * world, 5, Stat(step_ms, step_ms, step_ms),
+                         parts, 1.0, 0.5, 10.0, 128 * world / step_ms * 1e3, modes)
+
+    rows = analyse([result(1, 100.0, ("strong",)), result(2, 60.0, ("strong",))], ["strong"])
+    assert [(r["world"], round(r["efficiency"], 4), r["gap_ms"]) for r in rows] == [(1, 1.0, 0.0), (2, 0.8333, 10.0)]
+    assert sum(rows[1]["gap"].values()) == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
+    data = make_token_dataset(tmp_path / "data")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {preset: test}\n"
+        f"data: {{dir: {data}, batch_size: 2, seq_len: 16}}\n"
+        "train: {max_steps: 4, warmup_steps: 1}\n"
+        "eval: {val_every: 0}\ncheckpoint: {at_end: false}\n")
+    out = tmp_path / "report"
+    proc = python(["launch/scaling.py", "--config", str(config), "--backends", "manual", "--world-sizes", "1,2",
+                   "--steps", "4", "--warmup", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)], timeout=240)
+    assert "report:" in proc.stdout
+    raw = json.loads((out / "results.json").read_text())
+    got = {(r["mode"], r["world"]) for r in raw["rows"]}
+    assert got == {("strong", 1), ("strong", 2), ("weak", 1), ("weak", 2)}
+    for r in raw["rows"]:
+        assert r["step_ms"] > 0 and sum(r["gap"].values()) == pytest.approx(r["gap_ms"], abs=1e-6)
+        assert sum(r["parts"].values()) == pytest.approx(r["step_ms"], abs=1e-6)
+        if r["world"] == 2:
+            assert r["comm_ms"] > 0
+    report = (out / "report.md").read_text()
+    assert "| strong | manual | 2 |" in report and "## The answer" in report
+    for name in ("efficiency", "breakdown", "throughput"):
+        for mode in ("strong", "weak"):
+            assert (out / f"{name}_{mode}.png").stat().st_size > 1000
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    proc = python(["launch/scaling.py", "--config", "configs/scaling_cpu.yaml", "--world-sizes", "2,4",
+                   "--out", str(tmp_path / "r")], check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: the world sizes must include 1 (the baseline every efficiency is relative to)"]
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,192 @@
+"""The scaling simulator against hand-computed schedules, and the bucket-ready marks it is fed from."""
+
+import json
+import math
+
+import pytest
+
+from gptdist.config import build_config
+from gptdist.dist import init_distributed
+from gptdist.errors import ConfigError
+from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, cpu_contention,
+                               fsdp_units, load_timeline, modelled_timeline, simulate, timeline_from_run,
+                               timeline_from_steps)
+from gptdist.trainer import train
+from synthetic import make_token_dataset
+
+
+def linear_comm(alpha_ms: float, ms_per_byte: float):
+    """time = α + β·bytes for every op (so hand computations stay simple)."""
+    return lambda op, nbytes, n: alpha_ms + ms_per_byte * nbytes
+
+
+def two_buckets(ready0=5.0, ready1=20.0) -> Timeline:
+    # forward 10 ms, backward 20 ms, optimizer 5 ms, 1 ms other; bucket 0 ready at 5 ms, bucket 1 at 20 ms
+    return Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={"optimizer": 5.0}, other_ms=1.0,
+                    buckets=[BucketTiming(0, 1000, ready0), BucketTiming(1, 1000, ready1)])
+
+
+def test_no_overlap_adds_every_collective_after_backward():
+    comm = linear_comm(1.0, 0.002)  # each bucket: 1 + 2 = 3 ms; the 8-byte loss all-reduce 1.016 ms
+    p = simulate(two_buckets(), comm, 2, "manual", overlap=False)
+    assert p.step_ms == pytest.approx(10 + 20 + 3 + 3 + 5 + 1.016 + 1)
+    assert p.exposed_ms == pytest.approx(3 + 3 + 1.016) and p.comm_ms == pytest.approx(p.exposed_ms)
+    assert p.overlap == pytest.approx(0.0)
+    assert [e.start_ms for e in p.schedule] == pytest.approx([30, 33])
+
+
+def test_full_overlap_hides_early_buckets():
+    # bucket 0 runs 15-18 ms (inside backward), bucket 1 is ready at 25 ms (5 ms before backward ends)
+    comm = linear_comm(1.0, 0.002)
+    p = simulate(two_buckets(ready0=5.0, ready1=15.0), comm, 2, "manual")
+    assert [(e.start_ms, e.end_ms) for e in p.schedule] == pytest.approx([(15, 18), (25, 28)])
+    assert p.step_ms == pytest.approx(10 + 20 + 5 + 1.016 + 1)  # backward end (30) is later than 28
+    assert p.exposed_ms == pytest.approx(1.016)  # only the blocking loss all-reduce
+    assert p.overlap == pytest.approx(1 - 1.016 / (3 + 3 + 1.016))
+
+
+def test_last_bucket_tail_is_exposed_and_order_rule_delays_launch():
+    comm = linear_comm(1.0, 0.002)
+    # bucket 1 ready before bucket 0: it may only launch after bucket 0 (launched at 10 + 18 = 28)
+    p = simulate(two_buckets(ready0=18.0, ready1=2.0), comm, 2, "manual")
+    assert [e.launch_ms for e in p.schedule] == pytest.approx([28, 28])
+    assert [(e.start_ms, e.end_ms) for e in p.schedule] == pytest.approx([(28, 31), (31, 34)])
+    assert p.step_ms == pytest.approx(34 + 5 + 1.016 + 1)
+    assert p.exposed_ms == pytest.approx(4 + 1.016)
+
+
+def test_latency_bound_many_small_buckets():
+    # 10 buckets of 4 bytes, all ready at the start of backward, α = 3 ms, β = 0: they queue one after the other
+    t = Timeline(pre_ms=0.0, backward_ms=20.0, post_ms={}, other_ms=0.0,
+                 buckets=[BucketTiming(i, 4, 0.0) for i in range(10)])
+    p = simulate(t, linear_comm(3.0, 0.0), 4, "ddp")
+    assert p.schedule[-1].end_ms == pytest.approx(30.0)
+    assert p.step_ms == pytest.approx(30.0 + 3.0)  # + loss all-reduce
+    assert p.exposed_ms == pytest.approx(10.0 + 3.0)
+
+
+def test_compute_scale_and_contention():
+    comm = linear_comm(0.0, 0.0)
+    p = simulate(two_buckets(), comm, 4, "manual", compute_scale=0.25, contention=2.0)
+    # batch-dependent compute x 0.5, whole-model work (optimizer) x 2
+    assert p.step_ms == pytest.approx((10 + 20) * 0.5 + 5 * 2 + 1)
+    assert cpu_contention(4, 1, 2) == 2.0 and cpu_contention(2, 1, 2) == 1.0 and cpu_contention(1, 2, 2) == 1.0
+
+
+def test_world_of_one_communicates_nothing():
+    p = simulate(two_buckets(), linear_comm(5.0, 1.0), 1, "manual")
+    assert p.step_ms == pytest.approx(36.0) and p.comm_ms == 0.0 and p.schedule == []
+
+
+def fsdp_timeline():
+    return Timeline(pre_ms=30.0, backward_ms=60.0, post_ms={"optimizer": 8.0}, other_ms=0.0, buckets=[],
+                    model={"n_layer": 2, "n_embd": 8, "n_head": 2, "vocab_size": 16, "seq_len": 4})
+
+
+def test_fsdp_free_comm_is_pure_compute_and_optimizer_is_sharded():
+    p = simulate(fsdp_timeline(), linear_comm(0.0, 0.0), 4, "fsdp")
+    assert p.step_ms == pytest.approx(30 + 60 + 8 / 4)
+    ops = [(e.op, e.label) for e in p.schedule]
+    assert ops.count(("all_gather", "module=root")) == 1
+    assert sum(op == "all_gather" for op, _ in ops) == 1 + 2 + 2  # root, 2 blocks forward, 2 blocks backward
+    assert sum(op == "reduce_scatter" for op, _ in ops) == 3
+    units = fsdp_units(fsdp_timeline().model)
+    assert sum(share for _, _, share in units) == pytest.approx(1.0)
+
+
+def test_fsdp_without_prefetch_exposes_every_gather():
+    comm = linear_comm(1.0, 0.0)  # every collective 1 ms
+    t = fsdp_timeline()
+    blocking = simulate(t, comm, 2, "fsdp", prefetch=False)
+    # One stream. Forward: root + 2 blocks gathered in the open (3 ms). Backward: h.1's gather (1 ms);
+    # h.0's gather queues behind h.1's reduce-scatter (2 ms); after the last compute, h.0's and the
+    # root's reduce-scatters (2 ms); then the grad-norm and loss all-reduces (2 ms).
+    assert blocking.step_ms == pytest.approx(30 + 60 + 8 / 2 + 3 + 1 + 2 + 2 + 2)
+    prefetched = simulate(t, comm, 2, "fsdp", prefetch=True)
+    assert prefetched.step_ms < blocking.step_ms
+
+
+def test_hardware_profile_ring_and_hierarchy():
+    h = PROFILES["2x8-h100-ib-400g"]
+    size = 100e6
+    t8 = h.time_ms("all_reduce", size, 8)
+    assert t8 == pytest.approx((h.intra_alpha_us + size * 2 * 7 / 8 / (h.intra_busbw_gbps * 1e3)) / 1e3)
+    t16 = h.time_ms("all_reduce", size, 16)
+    inter = (h.inter_alpha_us + size / 8 * 2 * 1 / 2 / (h.inter_busbw_gbps * 1e3)) / 1e3
+    assert t16 == pytest.approx(t8 + inter)
+    assert comm_from_profile("h100-nvlink-8")("all_reduce", size, 1) == 0.0
+    with pytest.raises(ConfigError, match="unknown hardware profile"):
+        comm_from_profile("tpu")
+
+
+def test_comm_from_fit_reads_comm_bench_fit(tmp_path):
+    fit = {"fits": [{"op": "all_reduce", "world_size": 2, "alpha_us": 100.0, "beta_us_per_byte": 0.001,
+                     "algbw_gbps": 1.0, "busbw_gbps": 1.0, "rel_rms_error": 0.0, "r2_log": 1.0, "n_points": 2,
+                     "min_bytes": 1, "max_bytes": 2}]}
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    comm = comm_from_fit(tmp_path / "fit.json")
+    assert comm("all_reduce", 1e6, 2) == pytest.approx((100 + 1000) / 1e3)
+    # 4 ranks, extrapolated with the same busbw: time = α + bytes·(2·3/4)/(busbw)
+    assert comm("all_reduce", 1e6, 4) == pytest.approx((100 + 1e6 * 1.5 * 0.001) / 1e3)
+
+
+def test_timeline_from_steps_takes_medians_relative_to_backward():
+    def row(step, shift):
+        return {"step": step, "step_ms": 40.0 + shift, "timeline": {
+            "phases": [["data", 0, 1], ["forward", 1, 10 + shift], ["backward", 10 + shift, 30 + shift],
+                       ["grad_sync", 30 + shift, 31 + shift], ["optimizer", 31 + shift, 36 + shift]],
+            "marks": [["bucket_ready", 0, 100, 15 + shift], ["bucket_ready", 1, 400, 30 + shift]]}}
+
+    t = timeline_from_steps([row(1, 50.0), row(2, 0.0), row(3, 1.0), row(4, 2.0)], skip=1)
+    assert t.pre_ms == pytest.approx(11.0) and t.backward_ms == pytest.approx(20.0)
+    assert [(b.index, b.bytes, b.ready_ms) for b in t.buckets] == [(0, 100, 5.0), (1, 400, 20.0)]
+    assert t.post_ms["optimizer"] == pytest.approx(5.0) and t.post_ms["grad_sync"] == pytest.approx(1.0)
+    assert t.other_ms == pytest.approx(4.0) and t.data_ms == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="bucket_ready"):
+        timeline_from_steps([{"step": 1, "step_ms": 1.0, "timeline": {"phases": [["backward", 0, 1]], "marks": []}}], 0)
+
+
+def test_manual_backend_marks_every_bucket_ready_inside_backward(tmp_path):
+    """The hook: a real 1-rank manual run writes bucket_ready marks, and the timeline round-trips."""
+    data = make_token_dataset(tmp_path / "data")
+    cfg = build_config(None, {
+        "backend": "manual", "model.preset": "test", "data.dir": str(data), "data.batch_size": 2, "data.seq_len": 16,
+        "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False, "log.out_dir": str(tmp_path),
+        "log.run_name": "run", "parallel.bucket_cap_mb": 0.01, "parallel.first_bucket_mb": 0.001})
+    train(cfg, init_distributed("cpu", need_group=True))
+    rows = [json.loads(line) for line in (tmp_path / "run/ranks/rank0/steps.jsonl").read_text().splitlines()]
+    for r in rows:
+        phases = {name: (s, e) for name, s, e in r["timeline"]["phases"]}
+        marks = r["timeline"]["marks"]
+        assert len(marks) >= 3 and sorted(m[1] for m in marks) == list(range(len(marks)))  # every bucket once
+        b_start, b_end = phases["backward"]
+        assert all(b_start <= m[3] <= b_end for m in marks)
+    t = timeline_from_run(tmp_path / "run", skip=1)
+    assert len(t.buckets) == len(rows[0]["timeline"]["marks"]) and t.model["n_layer"] > 0
+    t.save(tmp_path / "t.json")
+    assert load_timeline(tmp_path / "t.json") == t
+
+
+def test_modelled_timeline_is_flops_at_mfu():
+    model = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50304, "seq_len": 1024}
+    t = modelled_timeline(model, tokens_per_rank=16 * 1024, peak_tflops=989.0, mfu=0.4)
+    from gptdist.flops import flops_per_token
+    from gptdist.model import GPTConfig
+
+    fpt = flops_per_token(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304), 1024)
+    assert t.pre_ms + t.backward_ms == pytest.approx(fpt * 16 * 1024 / (989e12 * 0.4) * 1e3)
+    assert t.buckets[-1].ready_ms == pytest.approx(t.backward_ms)  # the tied embedding bucket is ready last
+    assert all(a.ready_ms <= b.ready_ms for a, b in zip(t.buckets, t.buckets[1:]))
+    assert not math.isnan(simulate(t, comm_from_profile("h100-nvlink-8"), 8).step_ms)
+
+
+def test_batch_compute_scale_is_affine_through_two_points():
+    from gptdist.simulator import batch_compute_scale
+
+    big = Timeline(pre_ms=30.0, backward_ms=70.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=800)
+    small = Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=200)
+    # work = 100 ms at 800 tokens, 30 ms at 200: slope 70/600 ms per token, intercept 100 - 800*70/600 = 6.67 ms
+    assert batch_compute_scale(big, small, 400) == pytest.approx((100 - 400 * 70 / 600) / 100)
+    assert batch_compute_scale(big, small, 200) == pytest.approx(0.3)
+    with pytest.raises(ConfigError):
+        batch_compute_scale(big, big, 100)
