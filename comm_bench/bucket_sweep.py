@@ -114,6 +114,8 @@ def train_command(args: SweepArgs, cap_mb: float) -> list[str]:
         f"--train.max_steps={args.steps}",
         f"--log.out_dir={args.out / 'runs'}",
         f"--log.run_name={run_name(cap_mb)}",
+        # Only step times matter here: no checkpoints (hundreds of MB per run), no validation, no sample.
+        "--checkpoint.at_end=false", "--eval.val_every=0", "--eval.sample_tokens=0",
         *args.extra_overrides,
     ]
 
