@@ -278,6 +278,14 @@ def parse_tasks(spec: str) -> list[str]:
     return tasks
 
 
+def add_model_source_args(parser) -> None:
+    """--checkpoint | --hf | --random-init: where launch/evaluate.py and launch/sample.py get a model."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a gptdist checkpoint, its checkpoints/ folder or its run folder")
+    src.add_argument("--hf", help="Hugging Face GPT-2 weights: gpt2, gpt2-medium, ... or a local folder")
+    src.add_argument("--random-init", metavar="PRESET", help="a randomly initialised preset (baseline, smoke test)")
+
+
 def load_model_for_eval(
     checkpoint: Optional[str] = None,
     hf: Optional[str] = None,

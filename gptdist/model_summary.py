@@ -41,7 +41,7 @@ def summary_markdown() -> str:
     lines = [
         "# Model presets",
         "",
-        f"- command: `python -m gptdist.model_summary`",
+        "- command: `python -m gptdist.model_summary`",
         f"- torch {torch.__version__}, date {dt.date.today().isoformat()}",
         "- params: counted on the built model (meta device), tied wte/lm_head once; padded: vocab rounded up "
         "to a multiple of 64; N: params without the position embedding; FLOPs/token = 6N + 12·L·H·Q·T at "

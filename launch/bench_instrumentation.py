@@ -12,7 +12,6 @@ two medians: both runs of a pair see about the same machine load). Writes <out>.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform

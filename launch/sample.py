@@ -15,14 +15,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptdist.errors import GptdistError  # noqa: E402
+from gptdist.evaluate import add_model_source_args  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a gptdist checkpoint (written by launch/train.py)")
-    src.add_argument("--hf", help="Hugging Face GPT-2 weights: gpt2, gpt2-medium, ... or a local folder")
-    src.add_argument("--random-init", metavar="PRESET", help="a randomly initialised preset (smoke test)")
+    add_model_source_args(p)
     p.add_argument("--prompt", default="Hello, I'm a language model,", help="empty: start from <|endoftext|>")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 import torch
 
 from gptdist.data import TokenLoader, open_shard, read_shard_header, verify_manifest, write_shard
-from gptdist.data import shards as shards_mod
 from gptdist.data.prepare import prepare
 from gptdist.errors import DataError
 from gptdist.tokenizer import EOT_TOKEN, get_tokenizer
@@ -130,7 +128,7 @@ def take(loader: TokenLoader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def test_batches_are_shifted_windows_in_order(tmp_path):
-    stream = make_dataset(tmp_path, [100, 70])
+    make_dataset(tmp_path, [100, 70])
     loader = TokenLoader(tmp_path, "train", batch_size=2, seq_len=8, shuffle=False)
     assert loader.batches_per_shard == [6, 4]  # (100-1)//16, (70-1)//16
     x, y = loader.next_batch()

@@ -95,7 +95,6 @@ def test_sigterm_saves_at_step_boundary_exits_0_and_resumes_exactly(data_dir, tm
     values = settings(data_dir, tmp_path, "run", **{"train.max_steps": 100000})
     if nproc == 1:
         proc = start([sys.executable, "launch/train.py", *argv(values)])
-        workers = [proc]
     else:
         proc = start(torchrun_cmd(nproc, *argv(dict(values, backend="manual"))))
     run = tmp_path / "run"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gptdist.errors import ConfigError
-from gptdist.scaling import (PARTS, Layout, analyse, attribute_gap, efficiency, parse_world_sizes, per_step_values,
+from gptdist.scaling import (PARTS, analyse, attribute_gap, efficiency, parse_world_sizes, per_step_values,
                              plan_runs, summarize_steps)
 from launchers import python
 from synthetic import make_token_dataset

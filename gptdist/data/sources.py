@@ -16,7 +16,6 @@ otherwise the hub host is probed with a short socket timeout (`datasets` itself 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from gptdist import tokenizer
+from gptdist.jsonl import read_jsonl
 from gptdist.errors import DataError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -114,17 +114,10 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
     if path.suffix == ".txt":
         yield path.read_text(encoding="utf-8")
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
-                if not isinstance(row, dict) or text_field not in row:
-                    raise DataError(f"{path}:{line_no}: no field {text_field!r} (choose one with --text-field)")
-                yield str(row[text_field])
+        for line_no, row in read_jsonl(path):
+            if text_field not in row:
+                raise DataError(f"{path}:{line_no}: no field {text_field!r} (choose one with --text-field)")
+            yield str(row[text_field])
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

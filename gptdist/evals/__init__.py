@@ -10,15 +10,15 @@ Each eval's data file is found in this order:
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from gptdist.errors import DataError
+from gptdist.jsonl import read_jsonl  # noqa: F401  (re-exported: evals read their files with it)
 
 MIRROR_ENV = "GPTDIST_DATA_MIRROR"
 CACHE_ENV = "GPTDIST_CACHE_DIR"
@@ -74,17 +74,3 @@ def resolve_data_file(path: Optional[str | os.PathLike], mirror_relpath: str, ur
     return download(url, cached)
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number from 1, object) for every non-blank line; a line that is not a JSON object raises
-    DataError naming the file and line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj

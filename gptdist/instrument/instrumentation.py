@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import torch.distributed as dist
 from torch.autograd.profiler import record_function
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
