@@ -342,8 +342,10 @@ class Trainer:
             if not self.ctx.has_group or isinstance(e, GptdistError):
                 raise
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            op = self.instr.recorder.in_flight()
+            waiting = f", waiting on {op}" if op else ""
             raise GptdistError(
-                f"rank {self.ctx.rank}: collective failed at step {self.step + 1} during {self._phase} "
+                f"rank {self.ctx.rank}: collective failed at step {self.step + 1} during {self._phase}{waiting} "
                 f"(timeout {self.cfg.dist.timeout_s:g}s; another rank may have died or stalled): {first_line}"
             ) from e
 

@@ -192,7 +192,9 @@ def test_a_stalled_rank_makes_the_others_fail_within_the_timeout(data_dir, tmp_p
             pass
     assert time.time() - t0 < 90
     assert proc.returncode != 0
-    assert re.search(r"\[rank0\] error: rank 0: collective failed at step \d+ during .* \(timeout 5s", output), output
+    # The message names the rank, the step, the phase and the collective it was waiting on.
+    assert re.search(r"\[rank0\] error: rank 0: collective failed at step \d+ during .*, waiting on all_reduce "
+                     r"(bucket=\d+|loss) \([\d.]+ MB\) \(timeout 5s", output), output
 
 
 # ----------------------------------------------------------------------------------- numerical faults

@@ -65,6 +65,7 @@ class CollectiveRecord:
     issue_s: float  # host perf_counter when issued
     blocking: bool  # the host waited in the call (nothing else ran on this rank meanwhile)
     end_s: Optional[float] = None  # completion, on the host clock
+    failed: bool = False  # the collective completed with an error (timeout, peer gone)
     start_s: Optional[float] = None  # set by `_finalize`: max(issue, previous end)
     # private: how the end time is obtained
     _future: Any = field(default=None, repr=False)
@@ -112,6 +113,9 @@ class NullRecorder:
     def mark(self, name, index, nbytes):
         pass
 
+    def in_flight(self) -> Optional[str]:
+        return None
+
     def take_marks(self) -> list:
         return []
 
@@ -141,6 +145,7 @@ class CollectiveRecorder:
         self._file = open(out_path, "a", buffering=1 << 16) if out_path is not None else None
         self.warned_no_cuda_timing = False
         self._marks: list[tuple[str, int, int, float]] = []  # (name, index, bytes, host time) this step
+        self._blocking_now: Optional[CollectiveRecord] = None  # inside `timed`, for error messages
 
     def mark(self, name: str, index: int, nbytes: int) -> None:
         """Note a moment that is not a collective, e.g. "bucket_ready": the manual backend's bucket
@@ -185,8 +190,12 @@ class CollectiveRecorder:
             rec._cuda_events = (self._cuda_start_event(), None)
             rec._work = work
         else:
-            def stamp(_fut, rec=rec):
+            def stamp(fut, rec=rec):
                 rec.end_s = time.perf_counter()
+                try:
+                    fut.value()  # raises if the collective failed
+                except Exception:
+                    rec.failed = True
 
             rec._future = work.get_future().then(stamp)
         self._pending.append(rec)
@@ -198,7 +207,9 @@ class CollectiveRecorder:
         """Time a blocking collective: `with recorder.timed("broadcast", t, "init"): dist.broadcast(t, 0)`."""
         rec = self._new(op, tensor, label, nbytes, group_size, blocking=True)
         start_event = self._cuda_start_event() if self.cuda else None
+        self._blocking_now = rec
         yield
+        self._blocking_now = None
         if self.cuda:
             end_event = torch.cuda.Event(enable_timing=True)
             end_event.record()
@@ -206,6 +217,20 @@ class CollectiveRecorder:
         else:
             rec.end_s = time.perf_counter()
         self._pending.append(rec)
+
+    def in_flight(self) -> Optional[str]:
+        """The oldest collective issued and not finished (or finished with an error), e.g.
+        "all_reduce bucket=3 (25.0 MB)", or None.
+        Used to name the op when a collective fails or times out."""
+        def unfinished(rec: CollectiveRecord) -> bool:
+            if rec._work is not None:  # CUDA: ask the work object
+                return not rec._work.is_completed()
+            return rec._future is not None and rec.end_s is None  # CPU: the completion callback hasn't run
+
+        rec = self._blocking_now or next((r for r in self._pending if r.failed or unfinished(r)), None)
+        if rec is None:
+            return None
+        return f"{rec.op} {rec.label} ({rec.bytes / 1e6:.1f} MB)".replace("  ", " ")
 
     # --- reading back --------------------------------------------------------------------------
     def _resolve_cuda(self, rec: CollectiveRecord, ref_event, ref_time: float) -> None:
