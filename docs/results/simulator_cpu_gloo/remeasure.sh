@@ -4,9 +4,9 @@
 # Per round: 1 rank at b=8 and b=2 (the simulator's inputs), 2 and 4 ranks (the validation targets), and the
 # INDEPENDENT contention measurement: K copies of the 1-rank b=8/K job run at once, no communication, which
 # gives how much slower compute runs when K processes share the cores (`measured contention`).
-#   bash docs/results/simulator_cpu_gloo/remeasure.sh ROUNDS OUT_RUNS_DIR
+#   bash docs/results/simulator_cpu_gloo/remeasure.sh ROUNDS OUT_RUNS_DIR [FIRST_ROUND]
 set -euo pipefail
-ROUNDS=${1:-2}; RUNS=${2:-runs/sim2}
+ROUNDS=${1:-2}; RUNS=${2:-runs/sim2}; FIRST=${3:-1}
 export OMP_NUM_THREADS=1 PYTHONPATH=$PWD
 common=(--config configs/scaling_cpu.yaml --backend manual --train.max_steps 12 --log.overwrite true)
 dist() {  # name nproc batch
@@ -21,7 +21,7 @@ solo_k() {  # K concurrent independent 1-rank runs at batch b
   done
   for p in "${pids[@]}"; do wait "$p"; done
 }
-for r in $(seq 1 "$ROUNDS"); do
+for r in $(seq "$FIRST" $((FIRST + ROUNDS - 1))); do
   mkdir -p "$RUNS/r$r"
   if (( r % 2 )); then order="n1b8 n2 n4 k2 k4 n1b2"; else order="n4 k4 n1b2 k2 n2 n1b8"; fi
   for job in $order; do
