@@ -168,6 +168,25 @@ def main(argv):
                     nbytes = cs[0]["bytes"]
                 print(f"| {name} | {label} | {nbytes} | {statistics.median(spreads):.1f} | {statistics.median(tails):.1f} | "
                       f"{comm('all_reduce', nbytes, n):.1f} |")
+        print("\nmanual vs ddp per phase (median over ranks and kept steps) and the gradient all-reduces of a step:")
+        print("| run | forward | backward | grad_sync | clip+optimizer+zero_grad | compute | comm exposed | "
+              "all-reduce bytes per step (distinct sizes, steps >= 1) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in ("manual-n1-b8", "ddp-n1-b8", "manual-n2-b4", "ddp-n2-b4", "manual-n4-b2", "ddp-n4-b2"):
+            run = Path(args.runs) / name
+            if not run.is_dir():
+                continue
+            rows = [r for rs in scaling.read_rank_rows(run).values() for r in rs if r["step"] > WARMUP]
+            med = lambda k: statistics.median(r.get(k) or 0.0 for r in rows)  # noqa: E731
+            sizes = set()
+            for line in (run / "ranks" / "rank0" / "collectives.jsonl").read_text().splitlines():
+                c = json.loads(line)
+                if c["op"] == "all_reduce" and c["label"].startswith("bucket=") and c["step"] >= 1:
+                    sizes.add((c["label"], c["bytes"]))
+            post = med("time/clip_ms") + med("time/optimizer_ms") + med("time/zero_grad_ms")
+            print(f"| {name} | {med('time/forward_ms'):.1f} | {med('time/backward_ms'):.1f} | {med('time/grad_sync_ms'):.1f} | "
+                  f"{post:.1f} | {med('time/compute_ms'):.1f} | {med('comm/exposed_ms'):.1f} | "
+                  f"{', '.join(f'{lab}: {b}' for lab, b in sorted(sizes))} |")
         return
     rows = []
     for rdir in sorted(Path(args.runs).glob("r*")):
