@@ -36,7 +36,17 @@ COMPUTE AT N RANKS: `compute_scale` multiplies the batch-dependent part (pre, ba
 times): 1/N for strong scaling (the per-rank batch shrinks), 1 for weak scaling. `contention` multiplies
 all compute: 1 on GPUs (a rank owns its device); on a CPU with C cores and N ranks of t threads each,
 `cpu_contention(N, t, C)` = max(1, N·t / C) (a rank gets C/(N·t) of a core's time). That is the one
-thing the simulator does not know by itself; docs/scaling.md explains how it was validated.
+thing the simulator does not know by itself; a measured factor (`contention_from_runs`: K copies of the
+1-rank job run at once, no communication) replaces the formula where one exists. docs/scaling.md explains
+how it was validated.
+
+COMPUTE WHILE A COLLECTIVE RUNS (`cpu_overlap`, the fraction of full speed compute keeps while one runs):
+1 on GPUs (collectives run on the GPU's copy engines/SMs and NCCL's own streams, the host is free). On a CPU,
+gloo moves and sums the buckets with CPU threads on the same cores the ranks compute on; comm_bench's
+times were measured with every core doing communication. With N ranks of t threads on C cores, a rank has
+spare cores for its collectives only when N·t < C: `cpu_overlap(N, t, C)` = min(1, (C − N·t)/N), so 0
+once the ranks fill the cores (compute pauses while a collective runs: overlap buys nothing), 1 with a
+spare core per rank.
 """
 
 from __future__ import annotations
@@ -255,6 +265,23 @@ def cpu_contention(world_size: int, threads_per_rank: int, cores: int) -> float:
     return max(1.0, world_size * threads_per_rank / cores)
 
 
+def cpu_overlap(world_size: int, threads_per_rank: int, cores: int) -> float:
+    """Fraction of full speed a rank's compute keeps while a collective runs on a CPU: spare cores per rank
+    (C − N·t)/N, clamped to [0, 1]. gloo's collectives are CPU work; with no spare core they take it from
+    compute (1 rank of 1 thread on 2 cores: 1; 2 ranks on 2 cores: 0; 4 ranks on 2 cores: 0)."""
+    return min(1.0, max(0.0, cores - world_size * threads_per_rank) / world_size)
+
+
+def contention_from_runs(solo: "Timeline", concurrent: list["Timeline"]) -> float:
+    """Measured contention: compute (pre + backward + post) of K copies of the same 1-rank job run at once
+    (no communication), over the same job run alone. Each copy's timeline is its median step; the factor
+    is the mean over copies, since the slowest copy in a step differs from step to step."""
+    if not concurrent:
+        raise ConfigError("contention_from_runs needs at least one concurrent run")
+    work = lambda t: t.pre_ms + t.backward_ms + sum(t.post_ms.values())  # noqa: E731
+    return statistics.mean(work(t) for t in concurrent) / work(solo)
+
+
 # ----------------------------------------------------------------------------------------------
 # Simulation
 
@@ -302,9 +329,39 @@ def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: 
     return events
 
 
+def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, float, float]], comm: CommFn, n: int,
+                        cpu_overlap: float) -> tuple[float, list[CommEvent]]:
+    """Run the backward (bwd ms of work starting at `pre`) and the bucket all-reduces launched at points of
+    its work (launches: (op, label, bytes, work done at launch), in issue order) on one comm stream. While a
+    collective runs, compute advances at `cpu_overlap` of full speed (1: free overlap; 0: compute waits).
+    Returns (wall time the backward's work ends, events)."""
+    wall, done, busy_until, events = pre, 0.0, pre, []
+
+    def compute_until(target: float) -> None:  # advance the backward's work to `target` ms done
+        nonlocal wall, done
+        while done < target - 1e-12:
+            if wall < busy_until:  # a collective is running: compute at cpu_overlap speed
+                if cpu_overlap <= 0.0:
+                    wall = busy_until
+                    continue
+                step = min(busy_until - wall, (target - done) / cpu_overlap)
+                wall, done = wall + step, done + step * cpu_overlap
+            else:
+                wall, done = wall + (target - done), target
+
+    for op, label, nbytes, at_work in launches:
+        compute_until(at_work)
+        start = max(wall, busy_until)  # one stream: after the previous collective
+        busy_until = start + comm(op, nbytes, n)
+        events.append(CommEvent(op, label, nbytes, wall, start, busy_until))
+    compute_until(bwd)
+    return wall, events
+
+
 def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
-                       overlap: bool = True, backend: str = "manual") -> Prediction:
-    """manual / ddp: bucketed all-reduce, launched in index order, overlapped with backward."""
+                       overlap: bool = True, backend: str = "manual", cpu_overlap: float = 1.0) -> Prediction:
+    """manual / ddp: bucketed all-reduce, launched in index order, overlapped with backward (at
+    `cpu_overlap` of full compute speed while a collective runs: 1 on GPUs, see `cpu_overlap()` on CPUs)."""
     c = compute_scale * contention
     pre, bwd, data = t.pre_ms * c, t.backward_ms * c, t.data_ms * c
     post = sum(t.post_ms.values()) * contention
@@ -312,15 +369,20 @@ def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float =
     for b in sorted(t.buckets, key=lambda b: b.index):
         ready = b.ready_ms * c if overlap else bwd
         launch = max(launch, ready)  # the order rule
-        requests.append(("all_reduce", f"bucket={b.index}", b.bytes, pre + launch))
-    events = _run_stream(requests, comm, n) if n > 1 else []
-    sync_end = max([pre + bwd] + [e.end_ms for e in events])
+        requests.append(("all_reduce", f"bucket={b.index}", b.bytes, launch))
+    if n > 1:
+        bwd_end, events = _backward_with_comm(pre, bwd, requests, comm, n, cpu_overlap)
+    else:
+        bwd_end, events = pre + bwd, []
+    sync_end = max([bwd_end] + [e.end_ms for e in events])
     loss = comm("all_reduce", 8, n) if n > 1 else 0.0  # the trainer's loss (+ stop flag) all-reduce
     step = sync_end + post + loss + t.other_ms
     comm_total = sum(e.end_ms - e.start_ms for e in events) + loss
+    # exposed: the time compute is not running at full speed because of communication
     exposed = (sync_end - (pre + bwd)) + loss
     return Prediction(backend, n, step, pre - data + bwd + post, comm_total, exposed, data, t.other_ms, events,
-                      {"compute_scale": compute_scale, "contention": contention, "overlap": overlap})
+                      {"compute_scale": compute_scale, "contention": contention, "overlap": overlap,
+                       "cpu_overlap": cpu_overlap})
 
 
 def fsdp_units(model: dict, param_bytes_per_element: int = 4) -> list[tuple[str, float, float]]:
@@ -408,9 +470,9 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
 
 
 def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual", compute_scale: float = 1.0,
-             contention: float = 1.0, overlap: bool = True, prefetch: bool = True) -> Prediction:
+             contention: float = 1.0, overlap: bool = True, prefetch: bool = True, cpu_overlap: float = 1.0) -> Prediction:
     if backend in ("manual", "ddp"):
-        return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend)
+        return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend, cpu_overlap)
     if backend == "fsdp":
         return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)
     raise ConfigError(f"the simulator models manual, ddp and fsdp, not {backend!r}")

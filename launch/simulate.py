@@ -31,6 +31,20 @@ def _comm(args):
     return simulator.comm_from_fit(args.fit) if args.fit else simulator.comm_from_profile(args.profile)
 
 
+def _measured_contention(args) -> dict[int, float]:
+    """--contention 2=1.1,4=2.3: measured per world size (simulator.contention_from_runs), else the formula."""
+    from gptdist.errors import ConfigError
+
+    out = {}
+    for item in filter(None, (args.contention or "").split(",")):
+        try:
+            n, f = item.split("=")
+            out[int(n)] = float(f)
+        except ValueError:
+            raise ConfigError(f"--contention takes N=FACTOR,... (e.g. 2=1.1,4=2.3), not {item!r}") from None
+    return out
+
+
 def _predict_rows(args, timeline, worlds, mode, backend):
     from gptdist import scaling, simulator
 
@@ -43,8 +57,11 @@ def _predict_rows(args, timeline, worlds, mode, backend):
             small = simulator.load_timeline(args.small_timeline)
             share = simulator.batch_compute_scale(timeline, small, timeline.tokens_per_step * share)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
+        contention = _measured_contention(args).get(n, contention)
+        # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
+        cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         p = simulator.simulate(timeline, _comm(args), n, backend, share, contention, overlap=not args.no_overlap,
-                               prefetch=not args.no_prefetch)
+                               prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap)
         base = p if n == 1 else base
         preds.append(p)
         parts = {"compute": p.compute_ms, "exposed": p.exposed_ms, "wait": 0.0, "data": p.data_ms, "other": p.other_ms}
@@ -57,7 +74,8 @@ def _predict_rows(args, timeline, worlds, mode, backend):
                      "gap_ms": p.step_ms - e["ideal_ms"], "gap": scaling.attribute_gap(mode, base_parts, parts, n),
                      "parts": parts, "comm_ms": p.comm_ms, "overlap": p.overlap,
                      "tokens_per_s": tokens / (p.step_ms / 1e3) if tokens else 0.0, "mem_peak_mb": 0.0,
-                     "batch_size": 0, "contention": contention})
+                     "batch_size": 0, "contention": contention,
+                     "cpu_overlap": cpu_overlap})
     return rows, preds
 
 
@@ -89,6 +107,7 @@ def main(argv: list[str]) -> None:
         q.add_argument("--modes", default="strong")
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
         q.add_argument("--threads-per-rank", type=int, default=1)
+        q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C)")
         q.add_argument("--small-timeline", help="a second 1-rank timeline at a smaller batch: compute(batch) affine")
         q.add_argument("--no-overlap", action="store_true")
         q.add_argument("--no-prefetch", action="store_true")
@@ -155,7 +174,8 @@ def main(argv: list[str]) -> None:
                                  "measured_compute_ms": m_row["parts"]["compute"],
                                  "predicted_compute_ms": p_row["parts"]["compute"],
                                  "measured_exposed_ms": m_row["parts"]["exposed"] + m_row["parts"]["wait"],
-                                 "predicted_exposed_ms": p_row["parts"]["exposed"], "contention": p_row["contention"]})
+                                 "predicted_exposed_ms": p_row["parts"]["exposed"], "contention": p_row["contention"],
+                                 "cpu_overlap": p_row["cpu_overlap"]})
     head = "| mode | backend | N | measured ms (p25–p75) | predicted ms | error | compute meas/pred | exposed+wait meas/pred |"
     lines = [head, "|" + "---|" * 8]
     for r in out_rows:

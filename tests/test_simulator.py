@@ -8,8 +8,8 @@ import pytest
 from gptdist.config import build_config
 from gptdist.dist import init_distributed
 from gptdist.errors import ConfigError
-from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, cpu_contention,
-                               fsdp_units, load_timeline, modelled_timeline, simulate, timeline_from_run,
+from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, contention_from_runs,
+                               cpu_contention, cpu_overlap, fsdp_units, load_timeline, modelled_timeline, simulate, timeline_from_run,
                                timeline_from_steps)
 from gptdist.trainer import train
 from synthetic import make_token_dataset
@@ -71,6 +71,42 @@ def test_compute_scale_and_contention():
     # batch-dependent compute x 0.5, whole-model work (optimizer) x 2
     assert p.step_ms == pytest.approx((10 + 20) * 0.5 + 5 * 2 + 1)
     assert cpu_contention(4, 1, 2) == 2.0 and cpu_contention(2, 1, 2) == 1.0 and cpu_contention(1, 2, 2) == 1.0
+
+
+
+def test_cpu_overlap_is_spare_cores_per_rank():
+    assert cpu_overlap(1, 1, 2) == 1.0  # one rank, a spare core for gloo
+    assert cpu_overlap(2, 1, 2) == 0.0 and cpu_overlap(4, 1, 2) == 0.0  # the ranks fill the cores
+    assert cpu_overlap(2, 1, 3) == 0.5 and cpu_overlap(2, 1, 8) == 1.0
+
+
+def test_no_cpu_overlap_pauses_backward_while_a_collective_runs():
+    # bucket 0 (3 ms) launches at 15 ms (5 ms of backward work done); compute waits until 18, the other
+    # 15 ms of backward end at 33, bucket 1 runs 33-36; full overlap would end backward at 30, bucket 1 at 33
+    comm = linear_comm(1.0, 0.002)
+    full = simulate(two_buckets(), comm, 2, "manual")
+    p = simulate(two_buckets(), comm, 2, "manual", cpu_overlap=0.0)
+    assert [(e.start_ms, e.end_ms) for e in p.schedule] == pytest.approx([(15, 18), (33, 36)])
+    assert p.step_ms == pytest.approx(36 + 5 + 1.016 + 1) and full.step_ms == pytest.approx(33 + 5 + 1.016 + 1)
+    assert p.exposed_ms == pytest.approx(6 + 1.016)  # bucket 0's 3 ms now cost compute time too
+
+
+def test_half_cpu_overlap_computes_at_half_speed_during_a_collective():
+    # 15-18 ms: bucket 0 runs, backward advances 1.5 ms of work (5 -> 6.5); the other 13.5 ms end at 31.5
+    comm = linear_comm(1.0, 0.002)
+    p = simulate(two_buckets(), comm, 2, "manual", cpu_overlap=0.5)
+    assert [(e.start_ms, e.end_ms) for e in p.schedule] == pytest.approx([(15, 18), (31.5, 34.5)])
+    assert p.step_ms == pytest.approx(34.5 + 5 + 1.016 + 1)
+    assert p.exposed_ms == pytest.approx(4.5 + 1.016)
+
+
+def test_contention_from_runs_is_mean_concurrent_compute_over_solo():
+    solo = two_buckets()  # compute 10 + 20 + 5 = 35 ms
+    double = Timeline(pre_ms=20.0, backward_ms=40.0, post_ms={"optimizer": 10.0}, other_ms=0.0, buckets=[])  # 70
+    slower = Timeline(pre_ms=24.0, backward_ms=48.0, post_ms={"optimizer": 12.0}, other_ms=9.0, buckets=[])  # 84
+    assert contention_from_runs(solo, [double, slower]) == pytest.approx((70 + 84) / 2 / 35)
+    with pytest.raises(ConfigError):
+        contention_from_runs(solo, [])
 
 
 def test_world_of_one_communicates_nothing():
