@@ -159,6 +159,16 @@ def test_overlap_off_exposes_all_communication(data_dir, tmp_path, profiled_run)
     assert all(x > 0 for x in on_overlapped)  # with overlap, bucket all-reduces run during backward
 
 
+def test_ddp_wait_inside_backward_counts_as_exposed_communication(data_dir, tmp_path):
+    """One DDP bucket: its all-reduce can only start once backward has computed every gradient, and DDP
+    waits for it inside loss.backward(). That wait must show as exposed communication, not compute."""
+    _, steps = train_run(data_dir, tmp_path, "ddp_one_bucket", "ddp", **{"parallel.ddp_bucket_cap_mb": 100.0})
+    check_invariants(steps)
+    for rows in steps.values():
+        for r in rows[1:]:  # step 1: DDP still builds its buckets
+            assert r["comm/exposed_ms"] >= 0.9 * r["comm/total_ms"], r
+
+
 def test_fsdp_run_invariants(data_dir, tmp_path):
     _, steps = train_run(data_dir, tmp_path, "fsdp", "fsdp")
     check_invariants(steps)

@@ -116,7 +116,15 @@ class Instrumentation:
         values: dict[str, Any] = {}
         for name, s, e in phases:
             values[f"time/{name}_ms"] = values.get(f"time/{name}_ms", 0.0) + (e - s) * 1e3
-        compute = subtract([(s, e) for name, s, e in phases if name in COMPUTE_PHASES], blocking_intervals(records))
+        compute_phases = [(name, s, e) for name, s, e in phases if name in COMPUTE_PHASES]
+        grads_done = self.recorder.take_last_grad_ready()
+        if grads_done is not None and not self.recorder.cuda:
+            # DDP waits for its last bucket inside backward: after this rank's last gradient was computed,
+            # backward only waited. (Host clock: on CUDA autograd's thread runs ahead of the GPU, so the
+            # cut is made on the CPU only.)
+            compute_phases = [(n, s, min(e, grads_done)) if n == "backward" and s < grads_done < e else (n, s, e)
+                              for n, s, e in compute_phases]
+        compute = subtract([(s, e) for _, s, e in compute_phases], blocking_intervals(records))
         b = breakdown(compute, comm_intervals(records), (start, end))
         values.update({
             "time/compute_ms": b.compute * 1e3,

@@ -116,6 +116,12 @@ class NullRecorder:
     def in_flight(self) -> Optional[str]:
         return None
 
+    def grad_ready(self) -> None:
+        pass
+
+    def take_last_grad_ready(self) -> Optional[float]:
+        return None
+
     def take_marks(self) -> list:
         return []
 
@@ -146,6 +152,7 @@ class CollectiveRecorder:
         self.warned_no_cuda_timing = False
         self._marks: list[tuple[str, int, int, float]] = []  # (name, index, bytes, host time) this step
         self._blocking_now: Optional[CollectiveRecord] = None  # inside `timed`, for error messages
+        self._last_grad_ready: Optional[float] = None  # see grad_ready
 
     def mark(self, name: str, index: int, nbytes: int) -> None:
         """Note a moment that is not a collective, e.g. "bucket_ready": the manual backend's bucket
@@ -156,6 +163,16 @@ class CollectiveRecorder:
     def take_marks(self) -> list[tuple[str, int, int, float]]:
         marks, self._marks = self._marks, []
         return marks
+
+    def grad_ready(self) -> None:
+        """A parameter's gradient was just accumulated. Backends that wait for their collectives inside
+        `loss.backward()` (DDP) call this from a post-accumulate-grad hook: the last call of a backward is
+        when this rank's backward compute ended; the rest of `backward` was waiting for communication."""
+        self._last_grad_ready = time.perf_counter()
+
+    def take_last_grad_ready(self) -> Optional[float]:
+        t, self._last_grad_ready = self._last_grad_ready, None
+        return t
 
     # --- issuing -------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:

@@ -66,8 +66,15 @@ class DDPBackend(Backend):
                 gradient_as_bucket_view=cfg.gradient_as_bucket_view,
                 **buffer_option,
             )
+        self._ready_hooks = []
         if self.recorder.enabled:
             self.module.register_comm_hook((self.recorder, dist.group.WORLD), timed_allreduce_hook)
+            # The reducer waits for its last bucket inside loss.backward(). Marking when each gradient is
+            # computed lets the step breakdown count the rest of backward as waiting, not compute.
+            self._ready_hooks = [
+                p.register_post_accumulate_grad_hook(lambda _p: self.recorder.grad_ready())
+                for p in model.parameters() if p.requires_grad
+            ]
 
     def set_grad_sync(self, sync: bool) -> None:
         super().set_grad_sync(sync)
@@ -86,3 +93,8 @@ class DDPBackend(Backend):
 
     def parameters(self):
         return self.raw_model.parameters()
+
+    def close(self) -> None:
+        for hook in self._ready_hooks:
+            hook.remove()
+        self._ready_hooks = []
