@@ -126,7 +126,8 @@ class Trainer:
             self.run_dir.name, cfg.to_dict(),
         )
         self._tokenizer = None
-        self._stop_requested = False  # set by SIGTERM; acted on at the next step boundary
+        self._sigterm_received = False  # this rank's own flag, set by the signal handler, never cleared
+        self._stop_agreed = False  # some rank voted to stop in the last step's all-reduce: the same on every rank
         self._phase = "start-up"  # what the loop is doing, for error messages
         self._hellaswag_items = None
 
@@ -204,13 +205,15 @@ class Trainer:
         # rank agrees on both at the same step boundary.
         self._phase = "loss all-reduce"
         with instr.phase("loss_reduce"):
-            packed = torch.stack([loss_sum / plan.grad_accum, torch.tensor(float(self._stop_requested), device=self.device)])
+            packed = torch.stack([loss_sum / plan.grad_accum, torch.tensor(float(self._sigterm_received), device=self.device)])
             if self.ctx.has_group and self.ctx.world_size > 1:
                 with instr.recorder.timed("all_reduce", packed, "loss"):
                     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
                 packed[0] /= self.ctx.world_size
             loss_value, stop_votes = packed.tolist()  # .tolist() also waits for the device
-        self._stop_requested = stop_votes > 0
+        # Act on the vote, never on the local flag: a SIGTERM that lands after `packed` was built is in the
+        # next step's vote, so all ranks stop after the same step.
+        self._stop_agreed = stop_votes > 0
         self.step += 1
 
         lr = lr_at(self.step - 1, self.cfg.train)
@@ -331,7 +334,7 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame) -> None:
         # Slurm sends SIGTERM before the time limit; torchrun forwards it to every worker.
-        self._stop_requested = True
+        self._sigterm_received = True
 
     def _train_step_or_explain(self) -> StepResult:
         """train_step, with a failed or timed-out collective turned into a one-line error that says
@@ -367,7 +370,7 @@ class Trainer:
                 self.sample()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and not last_step:
                 self.save_checkpoint()
-            if self._stop_requested and not last_step:
+            if self._stop_agreed and not last_step:
                 self.log.info(f"SIGTERM: stopping at step {self.step} with a checkpoint (resume with --checkpoint.resume=auto)")
                 self.save_checkpoint()
                 self.instr.finish()
