@@ -36,6 +36,7 @@ import torch
 from gptdist.errors import GptdistError
 from gptdist.flops import flops_per_token, mfu, param_count, peak_flops
 from gptdist.model import GPT, PRESETS, GPTConfig
+from gptdist.optim import use_fused
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,6 +55,8 @@ class BenchSettings:
     threads: Optional[int] = None
     peak_flops: Optional[float] = None
     seed: int = 0
+    fused_adamw: str = "auto"  # "auto" (fused on CUDA), "on", "off": gptdist.optim.use_fused
+    tf32: Optional[bool] = None  # TF32 matmuls on CUDA, set before each run; None: leave torch's setting
 
 
 class TrainStep:
@@ -64,7 +67,8 @@ class TrainStep:
         self.settings = settings
         self.model = model.to(device).train()
         cfg = settings.model
-        fused = device.type == "cuda"  # one kernel for the whole update on GPU, as nanoGPT does
+        # "auto": one fused kernel for the whole update on GPU, as nanoGPT does; torch's default elsewhere.
+        fused = use_fused(settings.fused_adamw, device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused
         )
@@ -83,6 +87,13 @@ class TrainStep:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def apply_global_flags(self) -> None:
+        """TF32 is process-global state in torch: set it for this runner before its steps run, so that
+        runners with different settings can take turns in one process."""
+        if self.settings.tf32 is not None and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.settings.tf32
+            torch.backends.cudnn.allow_tf32 = self.settings.tf32
+
     def step(self) -> None:
         with self.autocast:
             _, loss = self.forward(self.idx, self.targets)
@@ -92,6 +103,7 @@ class TrainStep:
         self.last_loss = loss.item()  # also a sync point: the step has really finished
 
     def run(self, n: int) -> list[float]:
+        self.apply_global_flags()
         times = []
         for _ in range(n):
             self._sync()
