@@ -106,7 +106,11 @@ def apply_change(settings: dict[str, Any], key: str, value: Any, where: str, all
     A value "xK" on an integer setting means K times the current value."""
     _check_key(key, where)
     before = build_config(None, settings)
-    old = _read_key(before, key)
+    try:
+        old = _read_key(before, key)
+    except AttributeError:
+        build_config(None, {**settings, key: value})  # raises the config's own "unknown key ... did you mean"
+        raise
     if isinstance(value, str) and re.fullmatch(r"x\d+", value):
         if not isinstance(old, int) or isinstance(old, bool):
             raise ConfigError(f"{where}: {value!r} scales an integer setting, but {key} is {old!r}")
