@@ -106,7 +106,11 @@ def apply_change(settings: dict[str, Any], key: str, value: Any, where: str, all
     A value "xK" on an integer setting means K times the current value."""
     _check_key(key, where)
     before = build_config(None, settings)
-    old = _read_key(before, key)
+    try:
+        old = _read_key(before, key)
+    except AttributeError:
+        build_config(None, {**settings, key: value})  # raises the config's own "unknown key ... did you mean"
+        raise
     if isinstance(value, str) and re.fullmatch(r"x\d+", value):
         if not isinstance(old, int) or isinstance(old, bool):
             raise ConfigError(f"{where}: {value!r} scales an integer setting, but {key} is {old!r}")
@@ -440,7 +444,8 @@ def run_ladder(ladder: Ladder, opts: LadderOptions, log: Callable[[str], None] =
             live.runner.run(opts.warmup)
         except Exception as exc:  # one rung failing (OOM, a compile error) must not lose the others
             live.status, live.reason = "failed", _short_error(exc)
-            _free(live)
+        if live.status != "ok":
+            _free(live)  # outside the `except`: its traceback would still hold the failed step's tensors
         live.build_s = time.perf_counter() - t0
         log(f"{p.rung.name}: " + (f"built and warmed up in {live.build_s:.1f} s" if live.status == "ok"
                                   else f"{live.status}: {live.reason}"))
@@ -454,6 +459,7 @@ def run_ladder(ladder: Ladder, opts: LadderOptions, log: Callable[[str], None] =
                 f"{statistics.median(live.round_times[-1]):9.2f} ms")
         except Exception as exc:
             live.status, live.reason = "failed", _short_error(exc)
+        if live.status != "ok":
             _free(live)
 
     def finish(live: _Live) -> None:
