@@ -361,6 +361,14 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     )
 
 
+def write_outputs(out: Path, result: dict, markdown: str) -> Path:
+    """`<out>.json` (every number) and `<out>.md` (the report); the folder is created. Returns `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -373,9 +381,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     markdown = to_markdown(result, args.note)
     print(markdown)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown)
+        out = write_outputs(Path(args.out), result, markdown)
         print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0

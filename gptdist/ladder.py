@@ -28,7 +28,6 @@ import ctypes
 import dataclasses
 import datetime as dt
 import gc
-import json
 import re
 import shlex
 import statistics
@@ -40,7 +39,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gptdist.benchmark import BenchSettings, TrainStep, hardware_info, pick_device, summarize
+from gptdist.benchmark import BenchSettings, TrainStep, hardware_info, pick_device, summarize, write_outputs
 from gptdist.config import build_config, load_yaml, resolve_model
 from gptdist.errors import ConfigError, GptdistError
 from gptdist.flops import flops_per_token, mfu, peak_flops
@@ -782,10 +781,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     markdown = to_markdown(result, args.note)
     print(markdown)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown)
+        out = write_outputs(Path(args.out), result, markdown)
         plot(result, out.with_suffix(".png"))
         print(f"wrote {out.with_suffix('.json')}, .md and .png", file=sys.stderr)
     return 0

@@ -425,7 +425,6 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
 
     gather = lambda u: u[1] * gather_bytes_per_element / 4  # noqa: E731  (units come in fp32 bytes)
     # Forward: the root (embeddings) first, then the blocks; the root's lm_head at the end.
-    order = [root] + blocks
     fwd_time = {u[0]: fwd * u[2] for u in units}
     ready = {root[0]: collective("all_gather", "module=root", gather(root), clock)}
     if prefetch and blocks:
