@@ -13,7 +13,7 @@ EXIT_USER_ERROR = 2
 USER_ERROR_GRACE_S = 5.0
 
 
-def _exit(code: int) -> None:
+def exit_now(code: int) -> None:
     """Flush and leave without running interpreter shutdown. gloo's worker threads can free finished
     work objects while Python tears down, which aborts the process ("terminate called without an active
     exception") after a successful run; everything the run writes is closed before this point."""
@@ -38,7 +38,7 @@ def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
             # torchrun stops every worker as soon as one exits; a moment's grace lets the other ranks,
             # which usually hit the same error at the same point, print theirs too.
             time.sleep(USER_ERROR_GRACE_S)
-        _exit(EXIT_USER_ERROR)
+        exit_now(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        _exit(130)
-    _exit(0)
+        exit_now(130)
+    exit_now(0)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import json
-import sys
 
 import torch
 
@@ -34,6 +32,7 @@ from gptdist.config import ParallelSection
 from gptdist.dist import all_reduce_scalar, init_distributed, teardown
 from gptdist.model import GPT, PRESETS
 from gptdist.parallel import backend_class
+from gptdist.cli import exit_now
 
 # name -> (backend, parallel options). Small manual/ddp caps give several buckets on the tiny model
 # (c_fc's weight, 16 KiB, is larger than the 10 KiB cap and gets a bucket of its own).
@@ -211,10 +210,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Skip interpreter finalization: a gloo worker thread may still be freeing a finished work object
-    # (whose tensors need the GIL) while Python shuts down, which aborts the process at random
-    # ("terminate called without an active exception", seen on torch 2.13 CPU). Results are written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(main())  # skips interpreter shutdown: gloo's worker-thread abort (gptdist/cli.py)

@@ -6,7 +6,6 @@ Proves that a checkpoint saved by one backend at one world size loads into anoth
 """
 
 import json
-import os
 import sys
 
 from gptdist import checkpoint as ckpt
@@ -16,6 +15,7 @@ from gptdist.evaluate import validation_loss
 from gptdist.model import GPT
 from gptdist.optim import build_optimizer
 from gptdist.parallel import parallelize
+from gptdist.cli import exit_now
 
 backend, path, data_dir = sys.argv[1:4]
 cfg = build_config(None, {"backend": backend, "model.preset": "test", "data.dir": data_dir, "data.batch_size": 4, "data.seq_len": 32})
@@ -27,7 +27,4 @@ with distributed("cpu", 120, need_group=backend != "none") as ctx:
     loss = validation_loss(b.module, data_dir, 4, 32, 4, ctx)
     if ctx.is_main:
         print("RESULT " + json.dumps({"val_loss": loss, "step": meta["step"], "saved_world": meta["world_size"]}))
-# gloo's worker threads can abort interpreter shutdown after a run ("terminate called without an
-# active exception"); leave at once, everything is flushed.
-sys.stdout.flush()
-os._exit(0)
+exit_now(0)  # skips interpreter shutdown: gloo's worker-thread abort (gptdist/cli.py)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -27,6 +25,7 @@ from gptdist.dist import init_distributed, teardown
 from gptdist.instrument.recorder import CollectiveRecorder
 from gptdist.model import GPT, PRESETS
 from gptdist.parallel import backend_class
+from gptdist.cli import exit_now
 
 SEED = 1234
 B, T = 2, 16
@@ -142,8 +141,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # As tests/dist_scripts/check_backends.py: skip interpreter finalization (gloo worker-thread race).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(main())  # skips interpreter shutdown: gloo's worker-thread abort (gptdist/cli.py)
