@@ -13,7 +13,14 @@ MODES (DESIGN.md, "Measurement conventions")
 At the largest world size both modes run the same job (run once, used for both).
 
 WHAT A RUN GIVES (ranks/rank{r}/steps.jsonl, first `warmup` steps left out; per step, over ranks):
-    step      max over ranks of step_ms (the ranks finish a step together; the slowest sets it)
+    step      the step PERIOD: mean over ranks of the time from the rank's previous step end to this
+              one's (`end_unix_s`; rows without it: step_ms). Each rank's periods add up to the run's wall
+              time, so this is the step time throughput sees (tokens/s = tokens per step / step).
+    slowest   max over ranks of step_ms (a rank's step from its own start to its end). Reported, not used:
+              when ranks drift apart (e.g. oversubscribed cores), a rank that finished the previous step
+              early starts early and waits in the first collective, so its step_ms includes time the
+              others spent still finishing the previous step; the max over ranks then adds up to MORE
+              than the wall time. slowest - step shows how far the ranks' step boundaries drift.
     compute   mean over ranks of time/compute_ms
     comm      mean over ranks of comm/total_ms; overlap likewise
     exposed   MIN over ranks of comm/exposed_ms: the last rank to arrive waits least, so its exposed
@@ -21,8 +28,9 @@ WHAT A RUN GIVES (ranks/rank{r}/steps.jsonl, first `warmup` steps left out; per 
     wait      mean over ranks of (exposed_r - min exposed): time ranks sat in a collective waiting
               for a slower rank (stragglers, uneven load)
     data      mean over ranks of time/data_ms
-Medians over steps (with p25/p75); `other` = median step - the other medians (Python, logging,
-and the residual of taking medians separately), so the parts add up to the median step exactly.
+Medians over steps (with p25/p75); `other` = median step - the other medians (Python, logging and
+work between steps, and the residual of taking medians separately), so the parts add up to the median
+step exactly.
 
 GAP ATTRIBUTION. The gap to ideal, T_N - ideal_N, is split part by part:
     part_N - share·part_1   for part in (compute, exposed, wait, data, other),   share = 1/N (strong) or 1 (weak)
@@ -218,21 +226,26 @@ class RunResult:
     batch_size: int
     tokens_per_step: int
     steps_kept: int
-    step: Stat
+    step: Stat  # the step period (module docstring)
     parts: dict[str, float]  # medians of compute, exposed, wait, data, other (other = residual)
     comm_ms: float
     overlap: Optional[float]
     mem_peak_mb: float
     tokens_per_s: float
     modes: tuple[str, ...] = ()
+    slowest_step_ms: float = 0.0  # median over steps of the max over ranks of step_ms (module docstring)
 
 
 def per_step_values(rows_by_rank: dict[int, list[dict]], warmup: int) -> list[dict[str, float]]:
     """Combine the ranks' rows of each step (see the module docstring), warm-up steps left out."""
     by_step: dict[int, list[dict]] = {}
     for rows in rows_by_rank.values():
-        for r in rows:
-            by_step.setdefault(r["step"], []).append(r)
+        previous_end = {}
+        for r in sorted(rows, key=lambda r: r["step"]):
+            previous_end[r["step"]] = r.get("end_unix_s")
+            before = previous_end.get(r["step"] - 1)
+            period = (r["end_unix_s"] - before) * 1e3 if before is not None and r.get("end_unix_s") is not None else r["step_ms"]
+            by_step.setdefault(r["step"], []).append({**r, "_period_ms": period})
     n = len(rows_by_rank)
     out = []
     for step in sorted(by_step):
@@ -242,7 +255,8 @@ def per_step_values(rows_by_rank: dict[int, list[dict]], warmup: int) -> list[di
         exposed = [r.get("comm/exposed_ms", 0.0) for r in rs]
         overlaps = [r["comm/overlap"] for r in rs if r.get("comm/overlap") is not None]
         out.append({
-            "step": max(r["step_ms"] for r in rs),
+            "step": statistics.fmean(r["_period_ms"] for r in rs),
+            "slowest": max(r["step_ms"] for r in rs),
             "compute": statistics.fmean(r["time/compute_ms"] for r in rs),
             "exposed": min(exposed),
             "wait": statistics.fmean(e - min(exposed) for e in exposed),
@@ -254,8 +268,9 @@ def per_step_values(rows_by_rank: dict[int, list[dict]], warmup: int) -> list[di
     return out
 
 
-def summarize_steps(values: list[dict[str, float]]) -> tuple[Stat, dict[str, float], float, Optional[float], float]:
-    """(step stat, part medians with `other` as the residual, comm median, overlap median, peak memory)."""
+def summarize_steps(values: list[dict[str, float]]) -> tuple[Stat, dict[str, float], float, Optional[float], float, float]:
+    """(step stat, part medians with `other` as the residual, comm median, overlap median, peak memory,
+    median slowest-rank step)."""
     if not values:
         raise ConfigError("no steps left after the warm-up (raise --steps or lower --warmup)")
     step = _stat([v["step"] for v in values])
@@ -263,7 +278,8 @@ def summarize_steps(values: list[dict[str, float]]) -> tuple[Stat, dict[str, flo
     parts["other"] = step.median - sum(parts.values())
     overlaps = [v["overlap"] for v in values if v["overlap"] is not None]
     return (step, parts, percentile([v["comm"] for v in values], 50),
-            percentile(overlaps, 50) if overlaps else None, max(v["mem"] for v in values))
+            percentile(overlaps, 50) if overlaps else None, max(v["mem"] for v in values),
+            percentile([v["slowest"] for v in values], 50))
 
 
 def read_rank_rows(run_dir: Path) -> dict[int, list[dict]]:
@@ -279,10 +295,10 @@ def read_rank_rows(run_dir: Path) -> dict[int, list[dict]]:
 
 def collect_run(run_dir: Path, spec: RunSpec, warmup: int) -> RunResult:
     values = per_step_values(read_rank_rows(run_dir), warmup)
-    step, parts, comm, overlap, mem = summarize_steps(values)
+    step, parts, comm, overlap, mem, slowest = summarize_steps(values)
     tokens = spec.global_batch_tokens
     return RunResult(spec.name, spec.backend, spec.world, spec.layout.name, spec.batch_size, tokens, len(values),
-                     step, parts, comm, overlap, mem, tokens / (step.median / 1e3), spec.modes)
+                     step, parts, comm, overlap, mem, tokens / (step.median / 1e3), spec.modes, slowest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +335,8 @@ def analyse(results: list[RunResult], modes: Sequence[str]) -> list[dict[str, An
                 e = efficiency(mode, base.step.median, r.step.median, r.world)
                 gap = attribute_gap(mode, base.parts, r.parts, r.world)
                 rows.append({"mode": mode, "backend": backend, "world": r.world, "layout": r.layout, "run": r.name,
-                             "step_ms": r.step.median, "step_p25": r.step.p25, "step_p75": r.step.p75, **e,
+                             "step_ms": r.step.median, "step_p25": r.step.p25, "step_p75": r.step.p75,
+                             "slowest_step_ms": r.slowest_step_ms, **e,
                              "gap_ms": r.step.median - e["ideal_ms"], "gap": gap, "parts": r.parts,
                              "comm_ms": r.comm_ms, "overlap": r.overlap, "tokens_per_s": r.tokens_per_s,
                              "mem_peak_mb": r.mem_peak_mb, "batch_size": r.batch_size})
@@ -343,15 +360,19 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def _ms(x: Optional[float]) -> str:
+    return f"{x:.1f}" if x else "-"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| mode | backend | N | step ms (p25–p75) | speed-up | efficiency | gap ms | extra compute | exposed comm "
-            "| straggler wait | data | other | comm ms | overlap | tokens/s | peak mem MB |")
+    head = ("| mode | backend | N | step ms (p25–p75) | slowest rank ms | speed-up | efficiency | gap ms | extra compute "
+            "| exposed comm | straggler wait | data | other | comm ms | overlap | tokens/s | peak mem MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         g = r["gap"]
         lines.append(
             f"| {r['mode']} | {r['backend']} | {r['layout']} | {r['step_ms']:.1f} ({r['step_p25']:.1f}–{r['step_p75']:.1f}) "
-            f"| {r['speedup']:.2f} | {_pct(r['efficiency'])} | {r['gap_ms']:+.1f} | {g['compute']:+.1f} | {g['exposed']:+.1f} "
+            f"| {_ms(r.get('slowest_step_ms'))} | {r['speedup']:.2f} | {_pct(r['efficiency'])} | {r['gap_ms']:+.1f} | {g['compute']:+.1f} | {g['exposed']:+.1f} "
             f"| {g['wait']:+.1f} | {g['data']:+.1f} | {g['other']:+.1f} | {r['comm_ms']:.1f} | {_pct(r['overlap'])} "
             f"| {r['tokens_per_s']:,.0f} | {r['mem_peak_mb']:.0f} |")
     return "\n".join(lines)
@@ -466,6 +487,8 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], results: list[RunRes
           f"{meta.get('per_rank_batch')} sequences per rank.", ""]
     md += [f"- {n}" for n in notes]
     md += ["", "## Results (medians over steps)", "", markdown_table(rows), "",
+           "Step = the step period (time between two steps' ends, mean over ranks; what tokens/s sees); slowest rank = "
+           "median of the longest rank's own step (start to end), larger when the ranks' step boundaries drift apart. "
            "Gap = step − ideal (strong: T1/N, weak: T1); its parts (extra compute, exposed comm, straggler wait, data, "
            "other) add up to it. Definitions: docs/scaling.md.", "", "## The answer", "", answer_in_words(rows), "",
            "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + ["", "Raw: `results.json`.", ""]

@@ -9,10 +9,12 @@ THE TIMELINE (one rank, one optimizer step, medians over steps; `Timeline`):
     pre_ms        data + forward (+ earlier micro-steps) before the synced backward   } scale with the
     backward_ms   the backward that produces the gradients to synchronise           } per-rank batch
     buckets       per gradient bucket: its bytes and when, from the start of that backward, it got its
-                  last gradient (the manual backend's "bucket_ready" marks in steps.jsonl)
+                  last gradient ("bucket_ready" marks in steps.jsonl: the manual backend marks a bucket
+                  when its last gradient arrives, DDP when its reducer hands the bucket to the comm
+                  hook; a timeline from a DDP run carries DDP's own bucket layout)
     post_ms       finish_grad_sync's own work, clip, optimizer, zero_grad: whole-model work, the same at
                   any batch (for FSDP it shrinks with the shard: 1/N)
-    other_ms      the rest of the measured step (Python, logging): kept as is
+    other_ms      the rest of the step period (Python, logging, the work between two steps): kept as is
 
 THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's α–β fits (`gptdist.alphabeta`) or
 a named hardware profile (`PROFILES`, every number a stated assumption with its source).
@@ -85,6 +87,7 @@ class Timeline:
     tokens_per_step: int = 0
     model: dict = field(default_factory=dict)  # n_layer, n_embd, vocab_size, seq_len (for fsdp units)
     source: str = ""
+    backend: str = ""  # the backend of the run it came from (its bucket layout)
 
     @property
     def param_bytes(self) -> int:
@@ -121,17 +124,22 @@ def _median(xs: list[float]) -> float:
 
 
 def timeline_from_steps(rows: list[dict], skip: int = 1) -> Timeline:
-    """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual run)."""
+    """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual or ddp run). The
+    step is the period (from the previous step's end, `end_unix_s`) where the rows have it, so `other`
+    holds the work between steps too, as the scaling study's step does."""
     rows = [r for r in rows if "timeline" in r]
     kept = rows[skip:] if len(rows) > skip else rows
     if not kept:
-        raise ConfigError("no steps with a timeline (run with the manual backend and instrument.enabled=true)")
+        raise ConfigError("no steps with a timeline (run with the manual or ddp backend and instrument.enabled=true)")
     pre, bwd, data, other, step = [], [], [], [], []
     post: dict[str, list[float]] = {p: [] for p in POST_PHASES}
     ready: dict[int, list[float]] = {}
     sizes: dict[int, int] = {}
+    end_of = {r["step"]: r.get("end_unix_s") for r in rows}
     for r in kept:
         phases = r["timeline"]["phases"]
+        before = end_of.get(r["step"] - 1)
+        period = (r["end_unix_s"] - before) * 1e3 if before is not None and r.get("end_unix_s") is not None else r["step_ms"]
         backwards = [p for p in phases if p[0] == "backward"]
         if not backwards:
             raise ConfigError(f"step {r['step']} has no backward phase")
@@ -142,21 +150,22 @@ def timeline_from_steps(rows: list[dict], skip: int = 1) -> Timeline:
         for name in POST_PHASES:
             post[name].append(sum(e - s for n, s, e in phases if n == name))
         accounted = b_end + sum(e - s for n, s, e in phases if n in POST_PHASES or n == "loss_reduce")
-        other.append(max(0.0, r["step_ms"] - accounted))
-        step.append(r["step_ms"])
+        other.append(max(0.0, period - accounted))
+        step.append(period)
         for name, index, nbytes, t in r["timeline"]["marks"]:
             if name == "bucket_ready":
                 ready.setdefault(index, []).append(t - b_start)
                 sizes[index] = nbytes
     if not ready:
-        raise ConfigError("the run recorded no bucket_ready marks: take the timeline from a manual-backend run")
+        raise ConfigError("the run recorded no bucket_ready marks: take the timeline from a manual or ddp run "
+                          "with instrument.enabled=true")
     buckets = [BucketTiming(i, sizes[i], _median(ready[i])) for i in sorted(ready)]
     return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms={k: _median(v) for k, v in post.items()},
                     other_ms=_median(other), buckets=buckets, data_ms=_median(data), step_ms=_median(step))
 
 
 def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Timeline:
-    """Timeline of a (1-rank, manual backend) run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml."""
+    """Timeline of a (1-rank, manual or ddp) run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml."""
     run_dir = Path(run_dir)
     steps = run_dir / "ranks" / f"rank{rank}" / "steps.jsonl"
     if not steps.is_file():
@@ -172,6 +181,7 @@ def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Time
                           "seq_len": config.data.seq_len}
         world = len(list((run_dir / "ranks").glob("rank*")))
         timeline.tokens_per_step = batch_plan(config, world).tokens_per_step // world  # per rank
+        timeline.backend = config.backend
     timeline.source = str(run_dir)
     return timeline
 

@@ -1,6 +1,6 @@
 """Scaling simulator CLI (gptdist/simulator.py).
 
-    # 1. a timeline from a measured 1-rank manual run
+    # 1. a timeline from a measured 1-rank manual (or ddp: DDP's own bucket layout) run
     python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
     # 2. predicted step times at N ranks, from comm_bench fits or a hardware profile; report + plots
     python launch/simulate.py predict timeline.json --fit docs/results/comm_bench_cpu_gloo/fit.json \
@@ -8,6 +8,8 @@
     python launch/simulate.py predict timeline.json --profile 2x8-h100-ib-400g --world-sizes 1,2,4,8,16 --out ...
     # 3. predicted vs measured, against a scaling study's results.json
     python launch/simulate.py validate timeline.json --fit ... --study docs/results/scaling_cpu_gloo/results.json --cores 2
+    # a timeline per backend: BACKEND=PATH,... (a backend not named uses the first one)
+    python launch/simulate.py validate manual=t_manual.json,ddp=t_ddp.json --backends manual,ddp,fsdp ...
     # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
     python launch/simulate.py model --preset gpt2 --seq-len 1024 --batch 16 --mfu 0.4 --peak-tflops 989 --out t.json
 """
@@ -45,6 +47,28 @@ def _measured_contention(args) -> dict[int, float]:
     return out
 
 
+def _timeline_paths(text: str, what: str) -> dict[str, str]:
+    """"PATH" -> {"": PATH}; "manual=A,ddp=B" -> {"manual": A, "ddp": B}."""
+    from gptdist.errors import ConfigError
+
+    if "=" not in text:
+        return {"": text}
+    out = {}
+    for item in text.split(","):
+        backend, sep, path = item.partition("=")
+        if not sep or backend.strip() not in ("manual", "ddp", "fsdp") or not path:
+            raise ConfigError(f"{what}: expected PATH or BACKEND=PATH,... with backends manual, ddp, fsdp; got {item!r}")
+        out[backend.strip()] = path
+    return out
+
+
+def _timeline_for(paths: dict[str, str], backend: str):
+    """The backend's own timeline, else the first one given."""
+    from gptdist import simulator
+
+    return simulator.load_timeline(paths.get(backend) or next(iter(paths.values())))
+
+
 def _predict_rows(args, timeline, worlds, mode, backend):
     from gptdist import scaling, simulator
 
@@ -54,7 +78,7 @@ def _predict_rows(args, timeline, worlds, mode, backend):
         n = layout.world
         share = 1.0 / n if mode == "strong" else 1.0
         if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
-            small = simulator.load_timeline(args.small_timeline)
+            small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend)
             share = simulator.batch_compute_scale(timeline, small, timeline.tokens_per_step * share)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         contention = _measured_contention(args).get(n, contention)
@@ -100,7 +124,7 @@ def main(argv: list[str]) -> None:
     m.add_argument("--out", required=True)
     for name in ("predict", "validate"):
         q = sub.add_parser(name)
-        q.add_argument("timeline")
+        q.add_argument("timeline", help="timeline.json, or BACKEND=PATH,... (one per backend)")
         q.add_argument("--fit")
         q.add_argument("--profile", choices=sorted(simulator.PROFILES))
         q.add_argument("--backends", default="manual")
@@ -108,7 +132,8 @@ def main(argv: list[str]) -> None:
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
         q.add_argument("--threads-per-rank", type=int, default=1)
         q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C)")
-        q.add_argument("--small-timeline", help="a second 1-rank timeline at a smaller batch: compute(batch) affine")
+        q.add_argument("--small-timeline", help="a second 1-rank timeline at a smaller batch: compute(batch) affine "
+                       "(PATH or BACKEND=PATH,...)")
         q.add_argument("--no-overlap", action="store_true")
         q.add_argument("--no-prefetch", action="store_true")
         q.add_argument("--out", help="report folder")
@@ -136,7 +161,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(t.to_json(), indent=2))
         return
 
-    timeline = simulator.load_timeline(args.timeline)
+    timelines = _timeline_paths(args.timeline, "timeline")
     backends = [b.strip() for b in args.backends.split(",")]
     modes = [x.strip() for x in args.modes.split(",")]
     if args.cmd == "predict":
@@ -144,14 +169,14 @@ def main(argv: list[str]) -> None:
         rows = []
         for mode in modes:
             for backend in backends:
-                rows += _predict_rows(args, timeline, worlds, mode, backend)[0]
+                rows += _predict_rows(args, _timeline_for(timelines, backend), worlds, mode, backend)[0]
         print(scaling.markdown_table(rows))
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / "predicted.json").write_text(json.dumps(
-                {"command": "python launch/simulate.py " + " ".join(argv), "timeline": timeline.to_json(),
-                 "rows": rows}, indent=2, default=str) + "\n")
+                {"command": "python launch/simulate.py " + " ".join(argv),
+                 "timelines": {b: _timeline_for(timelines, b).to_json() for b in backends}, "rows": rows}, indent=2, default=str) + "\n")
             scaling.plot_report(rows, out, predicted=True, title_note=args.title)
             print(f"wrote {out}/predicted.json and plots")
         return
@@ -165,6 +190,7 @@ def main(argv: list[str]) -> None:
             if not measured:
                 raise ConfigError(f"{args.study} has no {mode}/{backend} rows")
             worlds = scaling.parse_world_sizes(",".join(r["layout"] for r in measured))
+            timeline = _timeline_for(timelines, backend)
             rows, _ = _predict_rows(args, timeline, worlds, mode, backend)
             for m_row, p_row in zip(sorted(measured, key=lambda r: r["world"]), rows):
                 err = p_row["step_ms"] / m_row["step_ms"] - 1
@@ -175,12 +201,18 @@ def main(argv: list[str]) -> None:
                                  "predicted_compute_ms": p_row["parts"]["compute"],
                                  "measured_exposed_ms": m_row["parts"]["exposed"] + m_row["parts"]["wait"],
                                  "predicted_exposed_ms": p_row["parts"]["exposed"], "contention": p_row["contention"],
-                                 "cpu_overlap": p_row["cpu_overlap"]})
-    head = "| mode | backend | N | measured ms (p25–p75) | predicted ms | error | compute meas/pred | exposed+wait meas/pred |"
-    lines = [head, "|" + "---|" * 8]
+                                 "cpu_overlap": p_row["cpu_overlap"], "timeline": timeline.source,
+                                 "measured_slowest_rank_ms": m_row.get("slowest_step_ms"),
+                                 "error_vs_slowest_rank": (p_row["step_ms"] / m_row["slowest_step_ms"] - 1
+                                                           if m_row.get("slowest_step_ms") else None)})
+    head = ("| mode | backend | N | measured step ms (p25–p75) | predicted ms | error | slowest rank ms (error) "
+            "| compute meas/pred | exposed+wait meas/pred |")
+    lines = [head, "|" + "---|" * 9]
     for r in out_rows:
+        slowest = (f"{r['measured_slowest_rank_ms']:.1f} ({100 * r['error_vs_slowest_rank']:+.1f}%)"
+                   if r["measured_slowest_rank_ms"] else "-")
         lines.append(f"| {r['mode']} | {r['backend']} | {r['world']} | {r['measured_ms']:.1f} ({r['measured_p25']:.1f}–"
-                     f"{r['measured_p75']:.1f}) | {r['predicted_ms']:.1f} | {100 * r['error']:+.1f}% | "
+                     f"{r['measured_p75']:.1f}) | {r['predicted_ms']:.1f} | {100 * r['error']:+.1f}% | {slowest} | "
                      f"{r['measured_compute_ms']:.1f} / {r['predicted_compute_ms']:.1f} | "
                      f"{r['measured_exposed_ms']:.1f} / {r['predicted_exposed_ms']:.1f} |")
     print("\n".join(lines))

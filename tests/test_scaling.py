@@ -59,13 +59,31 @@ def test_per_step_values_separate_comm_from_waiting_for_a_straggler():
     # step 2: rank 1 computed 10 ms longer; rank 0 waited for it inside the all-reduce
     rows = {0: [row(1, 99, 9, 9), row(2, 50, 30, 18, 1.0)], 1: [row(1, 99, 9, 9), row(2, 51, 40, 8, 3.0, mem=120)]}
     (v,) = per_step_values(rows, warmup=1)
-    assert v["step"] == 51 and v["compute"] == 35 and v["exposed"] == 8 and v["wait"] == 5 and v["data"] == 2
+    assert v["step"] == 50.5 and v["compute"] == 35 and v["exposed"] == 8 and v["wait"] == 5 and v["data"] == 2
     assert v["mem"] == 120
-    step, parts, comm, overlap, mem = summarize_steps([v])
-    assert step.median == 51 and parts["other"] == pytest.approx(51 - 35 - 8 - 5 - 2)
+    step, parts, comm, overlap, mem, slowest = summarize_steps([v])
+    # no end times: the period falls back to each rank's step_ms (mean 50.5); the slowest rank took 51
+    assert step.median == 50.5 and slowest == 51 and parts["other"] == pytest.approx(50.5 - 35 - 8 - 5 - 2)
     assert sum(parts[p] for p in PARTS) == pytest.approx(step.median)
     with pytest.raises(ConfigError, match="no steps left"):
         summarize_steps(per_step_values(rows, warmup=5))
+
+
+def test_step_is_the_period_when_ranks_step_boundaries_drift():
+    # Both ranks end every step 100 ms after the previous one (the period), but rank 0 finished step 2
+    # 30 ms early (a faster optimizer), started step 3 early and waited for rank 1 in its first collective:
+    # its step 3 lasted 130 ms, rank 1's 70 ms. The max over ranks (130) is not the step time; the period is.
+    ends = {0: [1.000, 1.070, 1.200, 1.300], 1: [1.000, 1.100, 1.200, 1.300]}
+    step_ms = {0: [100, 70, 130, 100], 1: [100, 100, 100, 100]}
+    rows = {r: [{**row(s + 1, step_ms[r][s], 50, 5), "end_unix_s": ends[r][s]} for s in range(4)] for r in (0, 1)}
+    values = per_step_values(rows, warmup=1)
+    assert [round(v["step"], 6) for v in values] == [85.0, 115.0, 100.0]  # mean over ranks of end-to-end intervals
+    assert [v["slowest"] for v in values] == [100, 130, 100]
+    # the periods add up to the wall time between the warm-up's end and the last step's end (300 ms)
+    assert sum(v["step"] for v in values) == pytest.approx(300.0)
+    step, parts, _, _, _, slowest = summarize_steps(values)
+    assert step.median == pytest.approx(100.0) and slowest == 100
+    assert sum(parts.values()) == pytest.approx(step.median)
 
 
 def test_analyse_rows_per_mode_and_backend():
@@ -107,6 +125,27 @@ def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
     for name in ("efficiency", "breakdown", "throughput"):
         for mode in ("strong", "weak"):
             assert (out / f"{name}_{mode}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_study_two_node_layout(tmp_path):
+    """ "2x1": two torchrun agents (nodes) of one rank each, rendezvous on 127.0.0.1, as on two machines."""
+    data = make_token_dataset(tmp_path / "data")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {preset: test}\n"
+        f"data: {{dir: {data}, batch_size: 2, seq_len: 16}}\n"
+        "train: {max_steps: 4, warmup_steps: 1}\n"
+        "eval: {val_every: 0}\ncheckpoint: {at_end: false}\n")
+    out = tmp_path / "report"
+    python(["launch/scaling.py", "--config", str(config), "--backends", "ddp", "--world-sizes", "1,2x1",
+            "--modes", "strong", "--steps", "4", "--warmup", "1", "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out)], timeout=240)
+    raw = json.loads((out / "results.json").read_text())
+    two = next(r for r in raw["rows"] if r["world"] == 2)
+    assert two["layout"] == "2x1" and two["comm_ms"] > 0 and two["batch_size"] == 2  # global batch 2 x 2, split over 2 ranks
+    assert sorted(p.name for p in (tmp_path / "runs" / "ddp-n2x1-b2" / "ranks").iterdir()) == ["rank0", "rank1"]
+    assert "| strong | ddp | 2x1 |" in (out / "report.md").read_text()
 
 
 def test_bad_input_is_one_line_error(tmp_path):

@@ -182,6 +182,44 @@ def test_timeline_from_steps_takes_medians_relative_to_backward():
         timeline_from_steps([{"step": 1, "step_ms": 1.0, "timeline": {"phases": [["backward", 0, 1]], "marks": []}}], 0)
 
 
+def test_timeline_other_is_taken_from_the_step_period():
+    """With end times, `other` is the period (previous step's end to this one's) minus the phases: the work
+    between steps counts, as in the scaling study's step."""
+    def row(step, end_s):
+        return {"step": step, "step_ms": 40.0, "end_unix_s": end_s, "timeline": {
+            "phases": [["forward", 0, 10], ["backward", 10, 30], ["optimizer", 30, 36]],
+            "marks": [["bucket_ready", 0, 100, 30]]}}
+
+    # periods 45 ms (40 in the step + 5 between steps); the phases account for 36
+    t = timeline_from_steps([row(1, 100.000), row(2, 100.045), row(3, 100.090)], skip=1)
+    assert t.step_ms == pytest.approx(45.0) and t.other_ms == pytest.approx(9.0)
+
+
+def test_ddp_marks_its_own_bucket_layout(tmp_path):
+    """A 1-rank DDP run marks each bucket as DDP launches it, with DDP's bucket sizes (its rebuilt layout,
+    not the manual backend's), so the simulator replays DDP as it runs."""
+    data = make_token_dataset(tmp_path / "data")
+    cfg = build_config(None, {
+        "backend": "ddp", "model.preset": "test", "data.dir": str(data), "data.batch_size": 2, "data.seq_len": 16,
+        "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False, "log.out_dir": str(tmp_path),
+        "log.run_name": "run", "parallel.ddp_bucket_cap_mb": 0.01})
+    train(cfg, init_distributed("cpu", need_group=True))
+    rank_dir = tmp_path / "run/ranks/rank0"
+    rows = [json.loads(line) for line in (rank_dir / "steps.jsonl").read_text().splitlines()]
+    launched = [json.loads(line) for line in (rank_dir / "collectives.jsonl").read_text().splitlines()]
+    for r in rows:
+        marks = r["timeline"]["marks"]
+        buckets = {c["label"]: c["bytes"] for c in launched if c["step"] == r["step"] and c["label"].startswith("bucket=")}
+        assert {f"bucket={m[1]}": m[2] for m in marks} == buckets
+        # torch 2.13's DDP runs its first iteration with one bucket and rebuilds them in ready order after it
+        assert len(marks) == 1 if r["step"] == 1 else len(marks) >= 2
+        b_start, b_end = next((s, e) for name, s, e in r["timeline"]["phases"] if name == "backward")
+        assert all(b_start <= m[3] <= b_end for m in marks)
+    t = timeline_from_run(tmp_path / "run", skip=1)
+    assert t.backend == "ddp" and t.param_bytes == sum(c["bytes"] for c in launched if c["step"] == rows[-1]["step"]
+                                                       and c["label"].startswith("bucket="))
+
+
 def test_manual_backend_marks_every_bucket_ready_inside_backward(tmp_path):
     """The hook: a real 1-rank manual run writes bucket_ready marks, and the timeline round-trips."""
     data = make_token_dataset(tmp_path / "data")
@@ -226,3 +264,59 @@ def test_batch_compute_scale_is_affine_through_two_points():
     assert batch_compute_scale(big, small, 200) == pytest.approx(0.3)
     with pytest.raises(ConfigError):
         batch_compute_scale(big, big, 100)
+
+
+def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
+    """`simulate.py validate manual=A,ddp=B`: each backend is replayed from its own timeline (DDP's bucket
+    layout differs from the manual backend's), errors are predicted / measured - 1, per row."""
+    from launchers import python
+
+    manual = two_buckets()
+    ddp = Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={"optimizer": 5.0}, other_ms=1.0,
+                   buckets=[BucketTiming(0, 2000, 20.0)], backend="ddp")  # one bucket, ready at the end
+    manual.save(tmp_path / "manual.json")
+    ddp.save(tmp_path / "ddp.json")
+    fit = {"fits": [{"op": "all_reduce", "world_size": 2, "alpha_us": 1000.0, "beta_us_per_byte": 2.0,
+                     "algbw_gbps": 1.0, "busbw_gbps": 1.0, "rel_rms_error": 0.0, "r2_log": 1.0, "n_points": 2,
+                     "min_bytes": 1, "max_bytes": 2}]}
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    measured = {("manual", 1): 36.0, ("manual", 2): 30.0, ("ddp", 1): 36.0, ("ddp", 2): 32.0}
+    study = {"rows": [{"mode": "strong", "backend": b, "world": n, "layout": str(n), "step_ms": ms, "step_p25": ms,
+                       "step_p75": ms, "slowest_step_ms": ms + 2, "parts": {"compute": 1.0, "exposed": 1.0, "wait": 0.0}}
+                      for (b, n), ms in measured.items()]}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    out = tmp_path / "val"
+    python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+            "--backends", "manual,ddp", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study.json"),
+            "--out", str(out)])
+    rows = {(r["backend"], r["world"]): r for r in json.loads((out / "validation.json").read_text())["rows"]}
+    comm = comm_from_fit(tmp_path / "fit.json")
+    for (backend, n), r in rows.items():
+        timeline = manual if backend == "manual" else ddp
+        expected = simulate(timeline, comm, n, backend, compute_scale=1 / n).step_ms
+        assert r["predicted_ms"] == pytest.approx(expected, rel=1e-9)
+        assert r["error"] == pytest.approx(expected / measured[backend, n] - 1)
+        assert r["error_vs_slowest_rank"] == pytest.approx(expected / (measured[backend, n] + 2) - 1)
+    # ddp's single bucket cannot start before backward ends: slower than the manual backend's two
+    assert rows["ddp", 2]["predicted_ms"] > rows["manual", 2]["predicted_ms"]
+    assert "| strong | ddp | 2 |" in (out / "validation.md").read_text()
+
+    bad = python(["launch/simulate.py", "validate", f"tpu={tmp_path / 'manual.json'}", "--fit", str(tmp_path / "fit.json"),
+                  "--study", str(tmp_path / "study.json")], check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: timeline: expected PATH or BACKEND=PATH,... with backends manual, ddp, fsdp; got 'tpu={tmp_path / 'manual.json'}'"]
+
+
+def test_cli_predict_writes_rows_and_predicted_plots(tmp_path):
+    from launchers import python
+
+    two_buckets().save(tmp_path / "t.json")
+    out = tmp_path / "pred"
+    python(["launch/simulate.py", "predict", str(tmp_path / "t.json"), "--profile", "h100-nvlink-8", "--modes", "weak",
+            "--world-sizes", "1,2,4,8", "--out", str(out)])
+    data = json.loads((out / "predicted.json").read_text())
+    assert [r["world"] for r in data["rows"]] == [1, 2, 4, 8] and set(data["timelines"]) == {"manual"}
+    comm = comm_from_profile("h100-nvlink-8")
+    assert data["rows"][-1]["step_ms"] == pytest.approx(simulate(two_buckets(), comm, 8, "manual").step_ms)
+    for name in ("efficiency", "breakdown", "throughput"):
+        assert (out / f"{name}_weak.png").stat().st_size > 1000

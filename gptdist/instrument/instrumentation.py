@@ -147,8 +147,12 @@ class Instrumentation:
             "phases": [[name, round((s - start) * 1e3, 4), round((e - start) * 1e3, 4)] for name, s, e in phases],
             "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks()],
         }
-        self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms, **values,
-                                           "timeline": timeline}) + "\n")
+        # When the step ended, as Unix time: the interval between two steps' ends is the step period, what
+        # throughput sees (it includes the work between steps, and it does not depend on where a rank's
+        # step boundary fell; gptdist/scaling.py).
+        end_unix_s = time.time() - (time.perf_counter() - end)
+        self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms,
+                                           "end_unix_s": round(end_unix_s, 6), **values, "timeline": timeline}) + "\n")
         return values
 
     def after_step(self) -> None:

@@ -15,9 +15,10 @@ Timing the bucket all-reduces: the reducer issues them in C++, where Python cann
 active recorder the backend registers `timed_allreduce_hook`, a DDP communication hook that does what
 DDP does without a hook (and what torch's `default_hooks.allreduce_hook` does): divide the flat
 bucket by the world size, SUM all-reduce it asynchronously, hand the result back. The only addition
-is `recorder.track(...)` on the Work. tests/test_instrument_dist.py checks gradients are bitwise
-equal with and without the hook. DDP's construction (a coalesced broadcast of rank 0's parameters and
-buffers, plus a check that every rank has the same parameter shapes) is timed as one block.
+is `recorder.track(...)` on the Work (and a "bucket_ready" mark for the scaling simulator).
+tests/test_instrument_dist.py checks gradients are bitwise equal with and without the hook. DDP's
+construction (a coalesced broadcast of rank 0's parameters and buffers, plus a check that every rank
+has the same parameter shapes) is timed as one block.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def timed_allreduce_hook(state, bucket):
     annotations` they are strings, which DDP's signature check rejects.)"""
     recorder, group = state
     buffer = bucket.buffer()
+    # DDP calls the hook when the bucket is ready and buckets are launched in index order, so this is the
+    # bucket's launch point: what the scaling simulator replays (with DDP's own, rebuilt bucket layout).
+    recorder.mark("bucket_ready", bucket.index(), buffer.numel() * buffer.element_size())
     buffer.div_(group.size())  # divide first, as DDP does (keeps fp16 sums in range)
     work = dist.all_reduce(buffer, group=group, async_op=True)
     recorder.track("all_reduce", buffer, f"bucket={bucket.index()}", work, group_size=group.size())

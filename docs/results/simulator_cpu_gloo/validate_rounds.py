@@ -36,7 +36,7 @@ CORES, THREADS = 2, 1
 def measured(run: Path) -> dict:
     rows = scaling.read_rank_rows(run)
     values = scaling.per_step_values(rows, WARMUP)
-    step, parts, comm, overlap, _ = scaling.summarize_steps(values)
+    step, parts, comm, overlap, *_ = scaling.summarize_steps(values)
     # per step the mean over ranks of step_ms (the ranks' step boundaries shift, their mean does not), median over steps
     by_step: dict[int, list[float]] = {}
     for rs in rows.values():
