@@ -407,16 +407,17 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
     for mode in sorted({r["mode"] for r in rows}):
         mine = [r for r in rows if r["mode"] == mode]
         backends = sorted({r["backend"] for r in mine})
-        worlds = sorted({r["world"] for r in mine})
-        labels = {r["world"]: r["layout"] for r in mine}
+        # One x position per layout, ordered by world size: "4" and "2x2" are both 4 ranks but separate points.
+        layouts = sorted({(r["world"], r["layout"]) for r in mine}, key=lambda wl: (wl[0], "x" in wl[1], wl[1]))
+        x_of = {name: i for i, (_, name) in enumerate(layouts)}
+        xs, names = list(range(len(layouts))), [name for _, name in layouts]
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(worlds, [1.0] * len(worlds), "k--", label="ideal")
+        ax.plot(xs, [1.0] * len(xs), "k--", label="ideal")
         for b in backends:
-            pts = sorted((r["world"], r["efficiency"]) for r in mine if r["backend"] == b)
+            pts = sorted((x_of[r["layout"]], r["efficiency"]) for r in mine if r["backend"] == b)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=b)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(worlds, [labels[w] for w in worlds])
+        ax.set_xticks(xs, names)
         ax.set_ylim(0, max(1.1, max(r["efficiency"] for r in mine) * 1.1))
         ax.set_xlabel("ranks N")
         ax.set_ylabel("efficiency")
@@ -429,7 +430,7 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
 
         fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 4), sharey=True, squeeze=False)
         for ax, b in zip(axes[0], backends):
-            rs = sorted((r for r in mine if r["backend"] == b), key=lambda r: r["world"])
+            rs = sorted((r for r in mine if r["backend"] == b), key=lambda r: x_of[r["layout"]])
             x = range(len(rs))
             compute = [r["parts"]["compute"] for r in rs]
             exposed = [r["parts"]["exposed"] + r["parts"]["wait"] for r in rs]
@@ -442,8 +443,8 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
             ax.set_xlabel("ranks N")
             ax.set_title(b)
         axes[0][0].set_ylabel("ms per step (median)")
-        handles, names = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8)
+        handles, legend_names = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, legend_names, loc="lower center", ncol=4, fontsize=8)
         fig.suptitle(f"{tag}{mode} scaling: where a step's time goes{title_note}")
         fig.tight_layout(rect=(0, 0.07, 1, 1))
         paths.append(out_dir / f"breakdown_{mode}.png")
@@ -452,14 +453,14 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for b in backends:
-            rs = sorted((r for r in mine if r["backend"] == b), key=lambda r: r["world"])
+            rs = sorted((r for r in mine if r["backend"] == b), key=lambda r: x_of[r["layout"]])
             base = rs[0]["tokens_per_s"] if rs and rs[0]["world"] == 1 else None
-            line, = ax.plot([r["world"] for r in rs], [r["tokens_per_s"] for r in rs], "o-", label=b)
+            line, = ax.plot([x_of[r["layout"]] for r in rs], [r["tokens_per_s"] for r in rs], "o-", label=b)
             if base:
                 ideal = [base * r["world"] for r in rs]  # N ranks: N times the tokens/s, in either mode
-                ax.plot([r["world"] for r in rs], ideal, ":", color=line.get_color(), label=f"{b} ideal")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(worlds, [labels[w] for w in worlds])
+                ax.plot([x_of[r["layout"]] for r in rs], ideal, ":", color=line.get_color(), label=f"{b} ideal")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, names)
         ax.set_xlabel("ranks N")
         ax.set_ylabel("tokens / s (all ranks)")
         ax.set_title(f"{tag}{mode} scaling: throughput{title_note}", fontsize=9)

@@ -16,8 +16,9 @@ THE TIMELINE (one rank, one optimizer step, medians over steps; `Timeline`):
                   any batch (for FSDP it shrinks with the shard: 1/N)
     other_ms      the rest of the step period (Python, logging, the work between two steps): kept as is
 
-THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's α–β fits (`gptdist.alphabeta`) or
-a named hardware profile (`PROFILES`, every number a stated assumption with its source).
+THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's measured tables (`comm_from_table`,
+interpolated), its α–β fits (`gptdist.alphabeta`; any N, extrapolated) or a named hardware profile
+(`PROFILES`, every number a stated assumption with its source).
 
 THE SCHEDULE, manual and ddp (overlap on): a bucket's all-reduce is launched when it is ready, in bucket-
 index order (launch_i = max(ready_i, launch_{i-1}), the order rule); collectives run one at a time on
@@ -31,7 +32,9 @@ fsdp: units = the transformer blocks and the root (wte/lm_head, wpe, ln_f), each
 parameters before its forward and (reshard_after_forward) again before its backward, and a reduce-
 scatter of its gradients after its backward. With `prefetch` the all-gather of the next unit is issued
 when the current unit starts computing (FSDP2 on GPUs: separate streams run ahead of compute); without
-it each all-gather is issued just before its unit and waited for (what FSDP2 does on CPU/gloo).
+it every collective is issued when its unit needs it and waited for: each all-gather just before its
+unit, each reduce-scatter right after its unit's backward (what FSDP2 does on CPU/gloo, where the
+recorder sees every FSDP collective as blocking).
 Compute per unit is split in proportion to its model FLOPs. One comm stream for all collectives.
 
 COMPUTE AT N RANKS: `compute_scale` multiplies the batch-dependent part (pre, backward, bucket ready
@@ -123,7 +126,7 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
-def timeline_from_steps(rows: list[dict], skip: int = 1) -> Timeline:
+def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool = True) -> Timeline:
     """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual or ddp run). The
     step is the period (from the previous step's end, `end_unix_s`) where the rows have it, so `other`
     holds the work between steps too, as the scaling study's step does."""
@@ -131,7 +134,7 @@ def timeline_from_steps(rows: list[dict], skip: int = 1) -> Timeline:
     kept = rows[skip:] if len(rows) > skip else rows
     if not kept:
         raise ConfigError("no steps with a timeline (run with the manual or ddp backend and instrument.enabled=true)")
-    pre, bwd, data, other, step = [], [], [], [], []
+    pre, bwd, data, step = [], [], [], []
     post: dict[str, list[float]] = {p: [] for p in POST_PHASES}
     ready: dict[int, list[float]] = {}
     sizes: dict[int, int] = {}
@@ -149,33 +152,41 @@ def timeline_from_steps(rows: list[dict], skip: int = 1) -> Timeline:
         data.append(sum(e - s for name, s, e in phases if name == "data"))
         for name in POST_PHASES:
             post[name].append(sum(e - s for n, s, e in phases if n == name))
-        accounted = b_end + sum(e - s for n, s, e in phases if n in POST_PHASES or n == "loss_reduce")
-        other.append(max(0.0, period - accounted))
         step.append(period)
         for name, index, nbytes, t in r["timeline"]["marks"]:
             if name == "bucket_ready":
                 ready.setdefault(index, []).append(t - b_start)
                 sizes[index] = nbytes
-    if not ready:
+    if not ready and require_buckets:
         raise ConfigError("the run recorded no bucket_ready marks: take the timeline from a manual or ddp run "
                           "with instrument.enabled=true")
     buckets = [BucketTiming(i, sizes[i], _median(ready[i])) for i in sorted(ready)]
-    return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms={k: _median(v) for k, v in post.items()},
-                    other_ms=_median(other), buckets=buckets, data_ms=_median(data), step_ms=_median(step))
+    post_ms = {k: _median(v) for k, v in post.items()}
+    # `other` is the residual of the medians (as in the scaling study), so the timeline replayed at one rank
+    # gives back the median step exactly (a median of per-step residuals would not: medians do not add).
+    other_ms = max(0.0, _median(step) - _median(pre) - _median(bwd) - sum(post_ms.values()))
+    return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms=post_ms, other_ms=other_ms,
+                    buckets=buckets, data_ms=_median(data), step_ms=_median(step))
 
 
 def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Timeline:
-    """Timeline of a (1-rank, manual or ddp) run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml."""
+    """Timeline of a 1-rank run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml. manual or ddp:
+    with their bucket layouts. fsdp: no buckets (`simulate_fsdp` splits compute per unit from the model
+    shape); its phases carry FSDP's own compute (copies in and out of the flat shards, its hooks)."""
     run_dir = Path(run_dir)
     steps = run_dir / "ranks" / f"rank{rank}" / "steps.jsonl"
     if not steps.is_file():
         raise ConfigError(f"{steps} not found (is {run_dir} an instrumented run folder?)")
     rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
-    timeline = timeline_from_steps(rows, skip)
+    config = None
     if (run_dir / "config.yaml").is_file():
-        from gptdist.config import batch_plan, build_config, resolve_model
+        from gptdist.config import build_config
 
         config = build_config(run_dir / "config.yaml", {})
+    timeline = timeline_from_steps(rows, skip, require_buckets=config is None or config.backend != "fsdp")
+    if config is not None:
+        from gptdist.config import batch_plan, resolve_model
+
         m = resolve_model(config)
         timeline.model = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
                           "seq_len": config.data.seq_len}
@@ -201,6 +212,45 @@ def comm_from_fit(path: str | Path, extrapolate: bool = True) -> CommFn:
             return model.predict_time_us(op, nbytes, n, extrapolate=extrapolate) / 1e3
         except KeyError as e:
             raise ConfigError(f"{path}: {e.args[0]}") from None
+
+    return time_ms
+
+
+def comm_from_table(paths: list[str | Path]) -> CommFn:
+    """The measured comm_bench tables themselves (results.json files, or folders holding one), per op and
+    world size: time at a size is interpolated linearly between the two measured sizes around it (sizes
+    are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it.
+    Unlike an α–β fit, which one line through 1 KiB..64 MiB makes miss the large sizes by up to ~1.7× on
+    gloo, it follows the measurement at every size; it knows only the world sizes that were measured."""
+    table: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for path in paths:
+        path = Path(path)
+        path = path / "results.json" if path.is_dir() else path
+        try:
+            rows = json.loads(path.read_text())["results"]
+        except FileNotFoundError:
+            raise ConfigError(f"comm table not found: {path} (a comm_bench results.json or its folder)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a comm_bench results.json: {e}") from None
+        for r in rows:
+            table.setdefault((r["op"], int(r["world_size"])), []).append((float(r["size_bytes"]), float(r["time_us"])))
+    for points in table.values():
+        points.sort()
+
+    def time_ms(op: str, nbytes: float, n: int) -> float:
+        if n <= 1:
+            return 0.0
+        points = table.get((op, n))
+        if not points:
+            have = ", ".join(f"{o}@{w}" for o, w in sorted(table))
+            raise ConfigError(f"the comm tables have no {op} at {n} ranks (measured: {have}); measure it or use --fit")
+        if nbytes <= points[0][0] or len(points) == 1:
+            return points[0][1] / 1e3
+        for (s0, t0), (s1, t1) in zip(points, points[1:]):
+            if nbytes <= s1:
+                return (t0 + (t1 - t0) * (nbytes - s0) / (s1 - s0)) / 1e3
+        (s0, t0), (s1, t1) = points[-2], points[-1]
+        return (t1 + (t1 - t0) / (s1 - s0) * (nbytes - s1)) / 1e3
 
     return time_ms
 
@@ -321,7 +371,7 @@ class Prediction:
 
     @property
     def overlap(self) -> Optional[float]:
-        return 1.0 - self.exposed_ms / self.comm_ms if self.comm_ms > 0 else None
+        return max(0.0, 1.0 - self.exposed_ms / self.comm_ms) if self.comm_ms > 0 else None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -464,7 +514,9 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
                 nxt = rev[i + 1]
                 ready[nxt[0]] = collective("all_gather", f"module={nxt[0]}", gather(nxt), clock)
         clock += bwd_time[u[0]]
-        collective("reduce_scatter", f"module={u[0]}", u[1] * reduce_bytes_per_element / 4, clock)
+        scattered = collective("reduce_scatter", f"module={u[0]}", u[1] * reduce_bytes_per_element / 4, clock)
+        if not prefetch:  # CPU/gloo: the reduce-scatter is waited for before the next unit's backward
+            clock = max(clock, scattered)
     last = collective("reduce_scatter", "module=root", root[1] * reduce_bytes_per_element / 4, clock)
     sync_end = max(clock, last)
     norm = comm("all_reduce", 8, n)  # the global grad-norm all-reduce
@@ -481,6 +533,9 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
 def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual", compute_scale: float = 1.0,
              contention: float = 1.0, overlap: bool = True, prefetch: bool = True, cpu_overlap: float = 1.0) -> Prediction:
     if backend in ("manual", "ddp"):
+        if not t.buckets:
+            raise ConfigError(f"{t.source or 'the timeline'} has no gradient buckets (an fsdp run?): "
+                              f"{backend} needs a timeline from a manual or ddp run")
         return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend, cpu_overlap)
     if backend == "fsdp":
         return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)

@@ -1,10 +1,11 @@
 """The scaling study: one config, each backend at each world size, strong and weak; report + plots.
 
     python launch/scaling.py --config configs/scaling_cpu.yaml --backends manual,ddp,fsdp \
-        --world-sizes 1,2,4 --out docs/results/scaling_cpu_gloo
+        --world-sizes 1,2,4,2x2 --steps 30 --warmup 5 --out docs/results/scaling_cpu_gloo
     python launch/scaling.py ... --world-sizes 1,2,4,8,2x8      # a GPU box (2x8: 2 nodes, rehearsed on one host)
 
-Extra train.py overrides after `--`. See gptdist/scaling.py and docs/scaling.md.
+Extra train.py overrides after `--`. `--report-only` rebuilds the report from the run folders of an earlier
+run (e.g. with another --warmup or --out). See gptdist/scaling.py and docs/scaling.md.
 """
 
 import argparse
@@ -36,6 +37,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", required=True, help="report folder (report.md, results.json, plots)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
     p.add_argument("--note", action="append", default=[], help="a line for the report (repeatable)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild the report from the run folders already in --runs-dir (same plan)")
     args = p.parse_args(argv)
     if args.warmup >= args.steps:
         raise ConfigError("--warmup must be below --steps")
@@ -49,7 +52,12 @@ def main(argv: list[str]) -> None:
     runs_dir = Path(args.runs_dir)
     results = []
     for spec in specs:
-        run_dir = scaling.run_spec(spec, args.config, runs_dir, args.steps, args.threads_per_rank, args.timeout, extra)
+        if args.report_only:
+            run_dir = runs_dir / spec.name
+            if not (run_dir / "ranks").is_dir():
+                raise ConfigError(f"--report-only: {run_dir} has no ranks/ folder (run the study without it first)")
+        else:
+            run_dir = scaling.run_spec(spec, args.config, runs_dir, args.steps, args.threads_per_rank, args.timeout, extra)
         results.append(scaling.collect_run(run_dir, spec, args.warmup))
     rows = scaling.analyse(results, modes)
     meta = {"command": "python launch/scaling.py " + " ".join(sys.argv[1:]), "config": args.config,

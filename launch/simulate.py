@@ -1,10 +1,12 @@
 """Scaling simulator CLI (gptdist/simulator.py).
 
-    # 1. a timeline from a measured 1-rank manual (or ddp: DDP's own bucket layout) run
+    # 1. a timeline from a measured 1-rank run (manual; ddp: DDP's own bucket layout; fsdp: its own compute)
     python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
     # 2. predicted step times at N ranks, from comm_bench fits or a hardware profile; report + plots
     python launch/simulate.py predict timeline.json --fit docs/results/comm_bench_cpu_gloo/fit.json \
-        --world-sizes 1,2,4 --cores 2 --out docs/results/simulator_cpu_gloo
+        --world-sizes 1,2,4 --cores 2 --out DIR
+    # ... or with comm_bench's measured tables (interpolated; only the measured world sizes)
+    python launch/simulate.py predict timeline.json --comm-table docs/results/comm_bench_cpu_gloo/n2,docs/results/comm_bench_cpu_gloo/n4 ...
     python launch/simulate.py predict timeline.json --profile 2x8-h100-ib-400g --world-sizes 1,2,4,8,16 --out ...
     # 3. predicted vs measured, against a scaling study's results.json
     python launch/simulate.py validate timeline.json --fit ... --study docs/results/scaling_cpu_gloo/results.json --cores 2
@@ -28,8 +30,10 @@ def _comm(args):
     from gptdist import simulator
     from gptdist.errors import ConfigError
 
-    if bool(args.fit) == bool(args.profile):
-        raise ConfigError("give one of --fit FIT.json or --profile NAME")
+    if sum(map(bool, (args.fit, args.profile, args.comm_table))) != 1:
+        raise ConfigError("give one of --fit FIT.json, --comm-table RESULTS[,RESULTS] or --profile NAME")
+    if args.comm_table:
+        return simulator.comm_from_table(args.comm_table.split(","))
     return simulator.comm_from_fit(args.fit) if args.fit else simulator.comm_from_profile(args.profile)
 
 
@@ -69,22 +73,33 @@ def _timeline_for(paths: dict[str, str], backend: str):
     return simulator.load_timeline(paths.get(backend) or next(iter(paths.values())))
 
 
-def _predict_rows(args, timeline, worlds, mode, backend):
+def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
+    """Predicted rows for each layout. tokens_per_rank (one per layout): the per-rank batch to predict for
+    (validate passes the study's); default: the timeline's batch split over N (strong) or kept (weak)."""
     from gptdist import scaling, simulator
+    from gptdist.errors import ConfigError
 
     rows, preds = [], []
     base = None
-    for layout in worlds:
+    for i, layout in enumerate(worlds):
         n = layout.world
         share = 1.0 / n if mode == "strong" else 1.0
+        if tokens_per_rank is not None:
+            if not timeline.tokens_per_step:
+                raise ConfigError(f"{timeline.source or 'the timeline'} has no tokens_per_step (extract it from a run folder)")
+            share = tokens_per_rank[i] / timeline.tokens_per_step
+        replayed = timeline
         if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
             small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend)
-            share = simulator.batch_compute_scale(timeline, small, timeline.tokens_per_step * share)
+            if small.tokens_per_step and abs(timeline.tokens_per_step * share - small.tokens_per_step) < 0.5:
+                replayed, share = small, 1.0  # a timeline measured at this very batch: replay it as it is
+            else:
+                share = simulator.batch_compute_scale(timeline, small, timeline.tokens_per_step * share)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         contention = _measured_contention(args).get(n, contention)
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
         cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
-        p = simulator.simulate(timeline, _comm(args), n, backend, share, contention, overlap=not args.no_overlap,
+        p = simulator.simulate(replayed, _comm(args), n, backend, share, contention, overlap=not args.no_overlap,
                                prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap)
         base = p if n == 1 else base
         preds.append(p)
@@ -92,7 +107,10 @@ def _predict_rows(args, timeline, worlds, mode, backend):
         e = scaling.efficiency(mode, base.step_ms, p.step_ms, n)
         base_parts = {"compute": base.compute_ms, "exposed": base.exposed_ms, "wait": 0.0, "data": base.data_ms,
                       "other": base.other_ms}
-        tokens = timeline.tokens_per_step * (1 if mode == "strong" else n) if timeline.tokens_per_step else 0
+        if tokens_per_rank is not None:
+            tokens = tokens_per_rank[i] * n
+        else:
+            tokens = timeline.tokens_per_step * (1 if mode == "strong" else n) if timeline.tokens_per_step else 0
         rows.append({"mode": mode, "backend": backend, "world": n, "layout": layout.name, "run": "predicted",
                      "step_ms": p.step_ms, "step_p25": p.step_ms, "step_p75": p.step_ms, **e,
                      "gap_ms": p.step_ms - e["ideal_ms"], "gap": scaling.attribute_gap(mode, base_parts, parts, n),
@@ -109,7 +127,7 @@ def main(argv: list[str]) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("extract", help="timeline.json from a 1-rank manual run folder")
+    e = sub.add_parser("extract", help="timeline.json from a 1-rank run folder (manual, ddp or fsdp)")
     e.add_argument("run")
     e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
     e.add_argument("--out", required=True)
@@ -127,6 +145,8 @@ def main(argv: list[str]) -> None:
         q.add_argument("timeline", help="timeline.json, or BACKEND=PATH,... (one per backend)")
         q.add_argument("--fit")
         q.add_argument("--profile", choices=sorted(simulator.PROFILES))
+        q.add_argument("--comm-table", help="comm_bench results.json files or folders, comma-separated (measured "
+                       "times, interpolated; only the measured world sizes)")
         q.add_argument("--backends", default="manual")
         q.add_argument("--modes", default="strong")
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
@@ -189,12 +209,16 @@ def main(argv: list[str]) -> None:
             measured = [r for r in study["rows"] if r["mode"] == mode and r["backend"] == backend]
             if not measured:
                 raise ConfigError(f"{args.study} has no {mode}/{backend} rows")
+            measured = sorted(measured, key=lambda r: r["world"])
             worlds = scaling.parse_world_sizes(",".join(r["layout"] for r in measured))
             timeline = _timeline_for(timelines, backend)
-            rows, _ = _predict_rows(args, timeline, worlds, mode, backend)
-            for m_row, p_row in zip(sorted(measured, key=lambda r: r["world"]), rows):
+            # predict each run at its own per-rank batch (weak: b; strong: G/N), not the timeline's
+            seq_len = study.get("meta", {}).get("seq_len")
+            tokens = [r["batch_size"] * seq_len for r in measured] if seq_len and timeline.tokens_per_step else None
+            rows, _ = _predict_rows(args, timeline, worlds, mode, backend, tokens)
+            for m_row, p_row in zip(measured, rows):
                 err = p_row["step_ms"] / m_row["step_ms"] - 1
-                out_rows.append({"mode": mode, "backend": backend, "world": m_row["world"],
+                out_rows.append({"mode": mode, "backend": backend, "world": m_row["world"], "layout": m_row["layout"],
                                  "measured_ms": m_row["step_ms"], "measured_p25": m_row["step_p25"],
                                  "measured_p75": m_row["step_p75"], "predicted_ms": p_row["step_ms"], "error": err,
                                  "measured_compute_ms": m_row["parts"]["compute"],
@@ -211,7 +235,7 @@ def main(argv: list[str]) -> None:
     for r in out_rows:
         slowest = (f"{r['measured_slowest_rank_ms']:.1f} ({100 * r['error_vs_slowest_rank']:+.1f}%)"
                    if r["measured_slowest_rank_ms"] else "-")
-        lines.append(f"| {r['mode']} | {r['backend']} | {r['world']} | {r['measured_ms']:.1f} ({r['measured_p25']:.1f}–"
+        lines.append(f"| {r['mode']} | {r['backend']} | {r['layout']} | {r['measured_ms']:.1f} ({r['measured_p25']:.1f}–"
                      f"{r['measured_p75']:.1f}) | {r['predicted_ms']:.1f} | {100 * r['error']:+.1f}% | {slowest} | "
                      f"{r['measured_compute_ms']:.1f} / {r['predicted_compute_ms']:.1f} | "
                      f"{r['measured_exposed_ms']:.1f} / {r['predicted_exposed_ms']:.1f} |")

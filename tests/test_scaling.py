@@ -126,6 +126,17 @@ def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
         for mode in ("strong", "weak"):
             assert (out / f"{name}_{mode}.png").stat().st_size > 1000
 
+    # --report-only: the same report from the run folders, nothing re-run (here with 2 warm-up steps)
+    again = tmp_path / "again"
+    common = ["launch/scaling.py", "--config", str(config), "--backends", "manual", "--world-sizes", "1,2",
+              "--steps", "4", "--warmup", "2", "--report-only"]
+    python(common + ["--runs-dir", str(tmp_path / "runs"), "--out", str(again)], timeout=120)
+    rerun = json.loads((again / "results.json").read_text())
+    assert [r["run"] for r in rerun["rows"]] == [r["run"] for r in raw["rows"]]
+    assert all(r["steps_kept"] == 2 for r in rerun["runs"])
+    proc = python(common + ["--runs-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")], check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --report-only:")
+
 
 @pytest.mark.slow
 def test_study_two_node_layout(tmp_path):

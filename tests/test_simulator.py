@@ -8,9 +8,9 @@ import pytest
 from gptdist.config import build_config
 from gptdist.dist import init_distributed
 from gptdist.errors import ConfigError
-from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, contention_from_runs,
-                               cpu_contention, cpu_overlap, fsdp_units, load_timeline, modelled_timeline, simulate, timeline_from_run,
-                               timeline_from_steps)
+from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table,
+                               contention_from_runs, cpu_contention, cpu_overlap, fsdp_units, load_timeline,
+                               modelled_timeline, simulate, timeline_from_run, timeline_from_steps)
 from gptdist.trainer import train
 from synthetic import make_token_dataset
 
@@ -140,6 +140,20 @@ def test_fsdp_without_prefetch_exposes_every_gather():
     assert blocking.step_ms == pytest.approx(30 + 60 + 8 / 2 + 3 + 1 + 2 + 2 + 2)
     prefetched = simulate(t, comm, 2, "fsdp", prefetch=True)
     assert prefetched.step_ms < blocking.step_ms
+
+
+def test_fsdp_without_prefetch_waits_for_each_reduce_scatter():
+    """CPU/gloo: FSDP2's reduce-scatters are blocking too. Without backward all-gathers (no reshard after
+    forward) nothing else would stop h.1's reduce-scatter from overlapping h.0's backward."""
+    from gptdist.simulator import simulate_fsdp
+
+    comm = linear_comm(5.0, 0.0)  # every collective 5 ms
+    t = fsdp_timeline()
+    blocking = simulate_fsdp(t, comm, 2, prefetch=False, reshard_after_forward=False)
+    # forward: 3 gathers (15 ms); backward: 3 reduce-scatters, each waited for (15 ms); norm + loss (10 ms)
+    assert blocking.step_ms == pytest.approx(30 + 60 + 8 / 2 + 15 + 15 + 10)
+    overlapped = simulate_fsdp(t, comm, 2, prefetch=True, reshard_after_forward=False)
+    assert overlapped.step_ms < blocking.step_ms  # h.1's reduce-scatter runs during h.0's backward
 
 
 def test_hardware_profile_ring_and_hierarchy():
@@ -272,33 +286,38 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     from launchers import python
 
     manual = two_buckets()
+    manual.tokens_per_step = 16  # the timeline's run: 4 sequences of 4 tokens
     ddp = Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={"optimizer": 5.0}, other_ms=1.0,
-                   buckets=[BucketTiming(0, 2000, 20.0)], backend="ddp")  # one bucket, ready at the end
+                   buckets=[BucketTiming(0, 2000, 20.0)], backend="ddp", tokens_per_step=16)  # one bucket, ready at the end
     manual.save(tmp_path / "manual.json")
     ddp.save(tmp_path / "ddp.json")
     fit = {"fits": [{"op": "all_reduce", "world_size": 2, "alpha_us": 1000.0, "beta_us_per_byte": 2.0,
                      "algbw_gbps": 1.0, "busbw_gbps": 1.0, "rel_rms_error": 0.0, "r2_log": 1.0, "n_points": 2,
                      "min_bytes": 1, "max_bytes": 2}]}
     (tmp_path / "fit.json").write_text(json.dumps(fit))
-    measured = {("manual", 1): 36.0, ("manual", 2): 30.0, ("ddp", 1): 36.0, ("ddp", 2): 32.0}
-    study = {"rows": [{"mode": "strong", "backend": b, "world": n, "layout": str(n), "step_ms": ms, "step_p25": ms,
-                       "step_p75": ms, "slowest_step_ms": ms + 2, "parts": {"compute": 1.0, "exposed": 1.0, "wait": 0.0}}
-                      for (b, n), ms in measured.items()]}
+    # strong: global batch 4 -> 4, 2 sequences per rank; weak: 2 per rank (half the timeline's batch)
+    batch = {("strong", 1): 4, ("strong", 2): 2, ("weak", 1): 2, ("weak", 2): 2}
+    measured = {(m, b, n): 30.0 + n + (b == "ddp") for m in ("strong", "weak") for b in ("manual", "ddp") for n in (1, 2)}
+    study = {"meta": {"seq_len": 4},
+             "rows": [{"mode": m, "backend": b, "world": n, "layout": str(n), "batch_size": batch[m, n], "step_ms": ms,
+                       "step_p25": ms, "step_p75": ms, "slowest_step_ms": ms + 2,
+                       "parts": {"compute": 1.0, "exposed": 1.0, "wait": 0.0}} for (m, b, n), ms in measured.items()]}
     (tmp_path / "study.json").write_text(json.dumps(study))
     out = tmp_path / "val"
     python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
-            "--backends", "manual,ddp", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study.json"),
-            "--out", str(out)])
-    rows = {(r["backend"], r["world"]): r for r in json.loads((out / "validation.json").read_text())["rows"]}
+            "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"),
+            "--study", str(tmp_path / "study.json"), "--out", str(out)])
+    rows = {(r["mode"], r["backend"], r["world"]): r for r in json.loads((out / "validation.json").read_text())["rows"]}
+    assert set(rows) == set(measured)
     comm = comm_from_fit(tmp_path / "fit.json")
-    for (backend, n), r in rows.items():
+    for (mode, backend, n), r in rows.items():
         timeline = manual if backend == "manual" else ddp
-        expected = simulate(timeline, comm, n, backend, compute_scale=1 / n).step_ms
+        expected = simulate(timeline, comm, n, backend, compute_scale=batch[mode, n] * 4 / 16).step_ms
         assert r["predicted_ms"] == pytest.approx(expected, rel=1e-9)
-        assert r["error"] == pytest.approx(expected / measured[backend, n] - 1)
-        assert r["error_vs_slowest_rank"] == pytest.approx(expected / (measured[backend, n] + 2) - 1)
+        assert r["error"] == pytest.approx(expected / measured[mode, backend, n] - 1)
+        assert r["error_vs_slowest_rank"] == pytest.approx(expected / (measured[mode, backend, n] + 2) - 1)
     # ddp's single bucket cannot start before backward ends: slower than the manual backend's two
-    assert rows["ddp", 2]["predicted_ms"] > rows["manual", 2]["predicted_ms"]
+    assert rows["strong", "ddp", 2]["predicted_ms"] > rows["strong", "manual", 2]["predicted_ms"]
     assert "| strong | ddp | 2 |" in (out / "validation.md").read_text()
 
     bad = python(["launch/simulate.py", "validate", f"tpu={tmp_path / 'manual.json'}", "--fit", str(tmp_path / "fit.json"),
@@ -320,3 +339,20 @@ def test_cli_predict_writes_rows_and_predicted_plots(tmp_path):
     assert data["rows"][-1]["step_ms"] == pytest.approx(simulate(two_buckets(), comm, 8, "manual").step_ms)
     for name in ("efficiency", "breakdown", "throughput"):
         assert (out / f"{name}_weak.png").stat().st_size > 1000
+
+
+def test_comm_from_table_interpolates_the_measured_times(tmp_path):
+    rows = [{"op": "all_gather", "world_size": 2, "size_bytes": s, "time_us": t}
+            for s, t in [(1000, 10.0), (2000, 20.0), (4000, 30.0)]]
+    (tmp_path / "n2").mkdir()
+    (tmp_path / "n2" / "results.json").write_text(json.dumps({"metadata": {}, "results": rows}))
+    comm = comm_from_table([tmp_path / "n2"])  # a folder holding results.json
+    assert comm("all_gather", 1500, 2) == pytest.approx(15.0 / 1e3)  # between two measured sizes
+    assert comm("all_gather", 3000, 2) == pytest.approx(25.0 / 1e3)
+    assert comm("all_gather", 10, 2) == pytest.approx(10.0 / 1e3)  # below the range: the smallest size's time
+    assert comm("all_gather", 6000, 2) == pytest.approx((30.0 + 10.0 / 2000 * 2000) / 1e3)  # last slope onwards
+    assert comm("all_gather", 6000, 1) == 0.0
+    with pytest.raises(ConfigError, match=r"no reduce_scatter at 2 ranks \(measured: all_gather@2\)"):
+        comm("reduce_scatter", 1000, 2)
+    with pytest.raises(ConfigError, match="comm table not found"):
+        comm_from_table([tmp_path / "missing.json"])
