@@ -320,6 +320,19 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     assert rows["strong", "ddp", 2]["predicted_ms"] > rows["strong", "manual", 2]["predicted_ms"]
     assert "| strong | ddp | 2 |" in (out / "validation.md").read_text()
 
+    # With a second timeline measured at 2 sequences, the runs at that batch are replayed from it as they are
+    # (the weak rows), the others from the affine compute(batch) through both (the strong N=1 row: the first).
+    small = Timeline(pre_ms=4.0, backward_ms=9.0, post_ms={"optimizer": 5.0}, other_ms=0.5,
+                     buckets=[BucketTiming(0, 1000, 2.0), BucketTiming(1, 1000, 9.0)], tokens_per_step=8)
+    small.save(tmp_path / "small.json")
+    python(["launch/simulate.py", "validate", str(tmp_path / "manual.json"), "--small-timeline", str(tmp_path / "small.json"),
+            "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study.json"),
+            "--out", str(out)])
+    rows = {(r["mode"], r["world"]): r for r in json.loads((out / "validation.json").read_text())["rows"]}
+    for n in (1, 2):
+        assert rows["weak", n]["predicted_ms"] == pytest.approx(simulate(small, comm, n, "manual").step_ms, rel=1e-9)
+    assert rows["strong", 1]["predicted_ms"] == pytest.approx(simulate(manual, comm, 1, "manual").step_ms, rel=1e-9)
+
     bad = python(["launch/simulate.py", "validate", f"tpu={tmp_path / 'manual.json'}", "--fit", str(tmp_path / "fit.json"),
                   "--study", str(tmp_path / "study.json")], check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
