@@ -99,8 +99,8 @@ def test_analyse_rows_per_mode_and_backend():
     assert sum(rows[1]["gap"].values()) == pytest.approx(10.0)
 
 
-@pytest.mark.slow
-def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
+def tiny_study_config(tmp_path):
+    """A config file for a study that runs in seconds: the test model on a synthetic token set."""
     data = make_token_dataset(tmp_path / "data")
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -108,6 +108,12 @@ def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
         f"data: {{dir: {data}, batch_size: 2, seq_len: 16}}\n"
         "train: {max_steps: 4, warmup_steps: 1}\n"
         "eval: {val_every: 0}\ncheckpoint: {at_end: false}\n")
+    return config
+
+
+@pytest.mark.slow
+def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
+    config = tiny_study_config(tmp_path)
     out = tmp_path / "report"
     proc = python(["launch/scaling.py", "--config", str(config), "--backends", "manual", "--world-sizes", "1,2",
                    "--steps", "4", "--warmup", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)], timeout=240)
@@ -141,13 +147,7 @@ def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
 @pytest.mark.slow
 def test_study_two_node_layout(tmp_path):
     """ "2x1": two torchrun agents (nodes) of one rank each, rendezvous on 127.0.0.1, as on two machines."""
-    data = make_token_dataset(tmp_path / "data")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "model: {preset: test}\n"
-        f"data: {{dir: {data}, batch_size: 2, seq_len: 16}}\n"
-        "train: {max_steps: 4, warmup_steps: 1}\n"
-        "eval: {val_every: 0}\ncheckpoint: {at_end: false}\n")
+    config = tiny_study_config(tmp_path)
     out = tmp_path / "report"
     python(["launch/scaling.py", "--config", str(config), "--backends", "ddp", "--world-sizes", "1,2x1",
             "--modes", "strong", "--steps", "4", "--warmup", "1", "--runs-dir", str(tmp_path / "runs"),
