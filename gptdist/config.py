@@ -182,11 +182,36 @@ def _is_section(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+class CliText(str):
+    """A value as typed on the command line, with `parsed`, its reading as a YAML scalar. A string field
+    takes the text as typed, so `--log.run_name=off` is the name "off", not YAML 1.1's false; any other
+    field takes the parsed value (`true`, `3`, `1e-4`, `null`)."""
+
+    parsed: Any
+
+    def __new__(cls, raw: str) -> "CliText":
+        text = super().__new__(cls, raw)
+        try:
+            text.parsed = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            text.parsed = raw
+        return text
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`. No silent conversions
     beyond int -> float."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(value, CliText):
+        wants_text = tp is str or (origin is typing.Union and str in args and value.parsed is not None) or (
+            origin is Literal and str(value) in args)
+        if wants_text:
+            return str(value)
+        try:
+            return _coerce(key, value.parsed, tp)
+        except ConfigError as e:  # name the value as the user typed it ('off', not False)
+            raise ConfigError(str(e).replace(f"got {value.parsed!r}", f"got {str(value)!r}")) from None
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
@@ -278,8 +303,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def parse_overrides(argv: list[str]) -> tuple[Optional[str], list[tuple[str, Any]]]:
     """Split `--config FILE` from `--key=value` / `--key value` overrides.
 
-    Values are parsed as YAML scalars (so `true`, `3`, `1e-4`, `null` get their types);
-    `--flag` with no value means true.
+    Values are read as YAML scalars (so `true`, `3`, `1e-4`, `null` get their types), except for string
+    fields, which take the text as typed (`CliText`); `--flag` with no value means true.
     """
     config_path = None
     overrides: list[tuple[str, Any]] = []
@@ -302,11 +327,7 @@ def parse_overrides(argv: list[str]) -> tuple[Optional[str], list[tuple[str, Any
         if key == "config":
             config_path = raw
             continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        overrides.append((key, value))
+        overrides.append((key, CliText(raw)))
     return config_path, overrides
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from gptdist.config import batch_plan, build_config, parse_overrides, resolve_model
+from gptdist.config import batch_plan, build_config, config_from_argv, parse_overrides, resolve_model
 from gptdist.errors import ConfigError
 from launchers import python
 
@@ -17,7 +17,17 @@ def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
 def test_cli_override_forms():
     path, overrides = parse_overrides(["--config", "x.yaml", "--train.max_steps=5", "--backend", "fsdp", "--log.wandb"])
     assert path == "x.yaml"
-    assert overrides == [("train.max_steps", 5), ("backend", "fsdp"), ("log.wandb", True)]
+    assert [(k, v.parsed) for k, v in overrides] == [("train.max_steps", 5), ("backend", "fsdp"), ("log.wandb", True)]
+
+
+def test_cli_string_fields_take_the_text_as_typed():
+    # YAML 1.1 would read `off`, `yes`, `1e3` as false, true and a string/number; a name is a name
+    for text in ("off", "yes", "1e3", "007"):
+        cfg = config_from_argv([f"--log.run_name={text}", "--train.max_steps", "5", "--train.compile=yes"])
+        assert cfg.log.run_name == text and cfg.train.max_steps == 5 and cfg.train.compile is True
+    assert config_from_argv(["--model.n_layer=null"]).model.n_layer is None  # other fields: YAML scalars
+    with pytest.raises(ConfigError, match="train.max_steps: expected an integer, got 'off'"):
+        config_from_argv(["--train.max_steps=off"])
 
 
 @pytest.mark.parametrize(
