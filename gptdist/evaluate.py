@@ -176,8 +176,11 @@ def continuation_nll(
     rows: Sequence[tuple[Sequence[int], Sequence[int]]],
     device: torch.device,
     autocast: Autocast = contextlib.nullcontext,
+    vocab_limit: Optional[int] = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Score each (context_tokens, continuation_tokens) row with ONE forward over a padded batch.
+    vocab_limit: the softmax and argmax run over the first vocab_limit columns only (the tokenizer's
+    tokens; a padded vocabulary's extra columns are not tokens).
 
     Returns, per row, (nll, greedy): nll (L,) float64 is -log p(continuation token j | everything
     before it), greedy (L,) bool says whether the model's argmax at that position is that token
@@ -218,7 +221,7 @@ def continuation_nll(
     results = []
     for r, (start, continuation) in enumerate(spans):
         L = len(continuation)
-        row_logits = logits[r, start : start + L].float()  # (L, V): predictions of the continuation tokens
+        row_logits = logits[r, start : start + L, :vocab_limit].float()  # (L, V): predicts the continuation
         target = torch.tensor(continuation, dtype=torch.long, device=row_logits.device)  # (L,)
         nll = F.cross_entropy(row_logits, target, reduction="none").double().cpu()
         greedy = (row_logits.argmax(dim=-1) == target).cpu()
@@ -258,7 +261,7 @@ def sample_text(
         raise ValueError("num_samples must be >= 1 and max_new_tokens >= 0")
     start = encode_prompt(enc, prompt)[-model_block_size(model) :]
     idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)  # (N, T0)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, vocab_limit=enc.n_vocab)
     return [decode_tokens(enc, row.tolist()) for row in out]
 
 

@@ -11,8 +11,9 @@ Our parameter names are GPT-2's own, so the mapping is one to one except for thr
 Vocabulary padding: our model may use V = 50304 (50257 rounded up to a multiple of 64, for GPU matmuls).
 Loading HF's 50257 rows into such a model copies the 50257 real rows and zeroes the 47 padding rows; no
 token id ever reaches them as an input. Their logits are then 0, and a softmax over all 50304 columns
-would put mass on them (pretrained GPT-2's logits are mostly far below 0), so compare or evaluate a
-padded pretrained model on `logits[..., :50257]`. Exporting drops the padding rows again.
+would put mass on them (pretrained GPT-2's logits are mostly far below 0): generation and evaluation
+pass the tokenizer's size as `vocab_limit`; elsewhere compare a padded pretrained model on
+`logits[..., :50257]`. Exporting drops the padding rows again.
 
 `transformers` is imported lazily: only the functions that build HF objects need it.
 """

@@ -190,9 +190,12 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: Optional[int] = None,
         seed: Optional[int] = None,
+        vocab_limit: Optional[int] = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by sampling max_new_tokens tokens. temperature 0 means greedy.
-        With a seed the samples are the same on every call (a private generator, global RNG untouched)."""
+        With a seed the samples are the same on every call (a private generator, global RNG untouched).
+        vocab_limit: only ids below it are tokens (the tokenizer's size): a padded vocabulary's extra
+        columns (50257..50303) are never picked, whatever their logits (0 after loading GPT-2's weights)."""
         generator = None
         if seed is not None:
             generator = torch.Generator(device=idx.device)
@@ -202,7 +205,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size :]  # crop to the context the model can see
             logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float()  # (B, V): only the last position predicts the next token
+            logits = logits[:, -1, :vocab_limit].float()  # (B, V): only the last position predicts the next token
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:

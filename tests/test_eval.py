@@ -52,6 +52,19 @@ def test_continuation_nll_alignment_logits_at_t_predict_t_plus_1():
     assert model.calls == 1  # both rows in one padded forward
 
 
+def test_continuation_nll_vocab_limit_ignores_padding_columns():
+    # A last column with a huge logit (a padded vocabulary's non-token) would swallow the softmax mass and
+    # win every argmax; with vocab_limit the scores are those of the real tokens alone.
+    model = successor_model()
+    real = model.table.clone()
+    model.table[:, -1] = 50.0
+    (nll, greedy), = continuation_nll(model, [([1, 2, 3], [4, 5])], "cpu", vocab_limit=real.size(1) - 1)
+    expected = [-torch.log_softmax(real[i, :-1].double(), dim=0)[i + 1].item() for i in (3, 4)]
+    assert nll.tolist() == pytest.approx(expected, abs=1e-5) and greedy.tolist() == [True, True]
+    (nll_all, greedy_all), = continuation_nll(model, [([1, 2, 3], [4, 5])], "cpu")
+    assert (nll_all > 40).all() and greedy_all.tolist() == [False, False]
+
+
 def test_continuation_nll_padding_does_not_change_scores():
     model = successor_model()
     alone = continuation_nll(model, [([5], [6, 9])], "cpu")[0][0]

@@ -193,6 +193,21 @@ def test_temperature_zero_is_greedy():
     assert torch.equal(out, expected)
 
 
+def test_vocab_limit_never_picks_padding_columns():
+    """A padded vocabulary's extra columns are not tokens: with vocab_limit they are never generated, even
+    when their logits are the largest (as the zero rows of GPT-2 weights loaded into V = 50304 can be)."""
+    torch.manual_seed(0)
+    model = GPT(TEST).eval()
+    limit = TEST.vocab_size - 6
+    boost = torch.zeros(TEST.vocab_size)
+    boost[limit:] = 100.0  # the 6 "padding" columns win every argmax and every sample
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out + boost)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert (model.generate(prompt, 8, temperature=0)[:, 3:] >= limit).all()  # without the limit: padding
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "seed": 0}, {"temperature": 1.0, "top_k": 5, "seed": 1}):
+        assert (model.generate(prompt, 8, vocab_limit=limit, **kwargs)[:, 3:] < limit).all()
+
+
 def test_top_k_one_is_greedy_and_context_is_cropped():
     torch.manual_seed(0)
     model = GPT(TEST)

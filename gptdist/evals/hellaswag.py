@@ -124,7 +124,7 @@ def evaluate_hellaswag(
             for i in chunk:
                 context, endings = render_item(items[0 if i is None else i], enc, with_activity_label)
                 rows.extend((context, ending) for ending in endings)
-            scored = continuation_nll(model, rows, device, autocast)  # 4 rows per item slot
+            scored = continuation_nll(model, rows, device, autocast, vocab_limit=enc.n_vocab)  # 4 rows per item slot
             for k, i in enumerate(chunk):
                 if i is None:  # dummy slot: computed for the equal-forwards rule, never counted
                     continue

@@ -98,7 +98,7 @@ def evaluate_lambada(
         for start in range(0, len(slots), items_per_forward):
             chunk = slots[start : start + items_per_forward]
             rows = [render_text(items[0 if i is None else i], enc) for i in chunk]
-            scored = continuation_nll(model, rows, device, autocast)
+            scored = continuation_nll(model, rows, device, autocast, vocab_limit=enc.n_vocab)
             for i, (nll, greedy) in zip(chunk, scored):
                 if i is None:  # dummy slot (equal-forwards rule), not counted
                     continue
