@@ -111,7 +111,9 @@ class Timeline:
 
 def load_timeline(path: str | Path) -> Timeline:
     try:
-        return Timeline.from_json(json.loads(Path(path).read_text()))
+        timeline = Timeline.from_json(json.loads(Path(path).read_text()))
+        timeline.source = timeline.source or str(path)  # where it came from: its run folder, else this file
+        return timeline
     except FileNotFoundError:
         raise ConfigError(f"timeline file not found: {path}") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -164,7 +166,8 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
     post_ms = {k: _median(v) for k, v in post.items()}
     # `other` is the residual of the medians (as in the scaling study), so the timeline replayed at one rank
     # gives back the median step exactly (a median of per-step residuals would not: medians do not add).
-    other_ms = max(0.0, _median(step) - _median(pre) - _median(bwd) - sum(post_ms.values()))
+    # It can be negative when the parts' medians add up to more than the median step.
+    other_ms = _median(step) - _median(pre) - _median(bwd) - sum(post_ms.values())
     return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms=post_ms, other_ms=other_ms,
                     buckets=buckets, data_ms=_median(data), step_ms=_median(step))
 
@@ -221,8 +224,11 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
     world size: time at a size is interpolated linearly between the two measured sizes around it (sizes
     are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it.
     Unlike an α–β fit, which one line through 1 KiB..64 MiB makes miss the large sizes by up to ~1.7× on
-    gloo, it follows the measurement at every size; it knows only the world sizes that were measured."""
+    gloo, it follows the measurement at every size; it knows only the world sizes that were measured, and
+    one table per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
+    given (on one host, as here, the same thing; across real nodes, measure that layout)."""
     table: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    source: dict[tuple[str, int], Path] = {}
     for path in paths:
         path = Path(path)
         path = path / "results.json" if path.is_dir() else path
@@ -233,7 +239,10 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a comm_bench results.json: {e}") from None
         for r in rows:
-            table.setdefault((r["op"], int(r["world_size"])), []).append((float(r["size_bytes"]), float(r["time_us"])))
+            key = (r["op"], int(r["world_size"]))
+            if source.setdefault(key, path) != path:  # e.g. a 1-node and a 2-node table of the same world size
+                raise ConfigError(f"{source[key]} and {path} both measure {key[0]} at {key[1]} ranks; pass one of them")
+            table.setdefault(key, []).append((float(r["size_bytes"]), float(r["time_us"])))
     for points in table.values():
         points.sort()
 

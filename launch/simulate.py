@@ -10,7 +10,7 @@
     python launch/simulate.py predict timeline.json --profile 2x8-h100-ib-400g --world-sizes 1,2,4,8,16 --out ...
     # 3. predicted vs measured, against a scaling study's results.json
     python launch/simulate.py validate timeline.json --fit ... --study docs/results/scaling_cpu_gloo/results.json --cores 2
-    # a timeline per backend: BACKEND=PATH,... (a backend not named uses the first one)
+    # a timeline per backend: BACKEND=PATH,... (every backend predicted must be named)
     python launch/simulate.py validate manual=t_manual.json,ddp=t_ddp.json --backends manual,ddp,fsdp ...
     # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
     python launch/simulate.py model --preset gpt2 --seq-len 1024 --batch 16 --mfu 0.4 --peak-tflops 989 --out t.json
@@ -66,11 +66,16 @@ def _timeline_paths(text: str, what: str) -> dict[str, str]:
     return out
 
 
-def _timeline_for(paths: dict[str, str], backend: str):
-    """The backend's own timeline, else the first one given."""
+def _timeline_for(paths: dict[str, str], backend: str, what: str = "timeline"):
+    """The backend's own timeline (BACKEND=PATH), or the one PATH given for every backend."""
     from gptdist import simulator
+    from gptdist.errors import ConfigError
 
-    return simulator.load_timeline(paths.get(backend) or next(iter(paths.values())))
+    if "" in paths:
+        return simulator.load_timeline(paths[""])
+    if backend not in paths:
+        raise ConfigError(f"{what}: no {backend}=PATH given (named: {', '.join(paths)})")
+    return simulator.load_timeline(paths[backend])
 
 
 def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
@@ -90,7 +95,10 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
             share = tokens_per_rank[i] / timeline.tokens_per_step
         replayed = timeline
         if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
-            small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend)
+            small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend, "--small-timeline")
+            if small.backend and timeline.backend and small.backend != timeline.backend:
+                raise ConfigError(f"--small-timeline for {backend} comes from a {small.backend} run, the timeline from a "
+                                  f"{timeline.backend} run: give both from the same backend (BACKEND=PATH,...)")
             if small.tokens_per_step and abs(timeline.tokens_per_step * share - small.tokens_per_step) < 0.5:
                 replayed, share = small, 1.0  # a timeline measured at this very batch: replay it as it is
             else:
@@ -117,7 +125,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
                      "parts": parts, "comm_ms": p.comm_ms, "overlap": p.overlap,
                      "tokens_per_s": tokens / (p.step_ms / 1e3) if tokens else 0.0, "mem_peak_mb": 0.0,
                      "batch_size": 0, "contention": contention,
-                     "cpu_overlap": cpu_overlap})
+                     "cpu_overlap": cpu_overlap, "timeline": replayed.source})
     return rows, preds
 
 
@@ -214,7 +222,9 @@ def main(argv: list[str]) -> None:
             timeline = _timeline_for(timelines, backend)
             # predict each run at its own per-rank batch (weak: b; strong: G/N), not the timeline's
             seq_len = study.get("meta", {}).get("seq_len")
-            tokens = [r["batch_size"] * seq_len for r in measured] if seq_len and timeline.tokens_per_step else None
+            if not seq_len or any("batch_size" not in r for r in measured):
+                raise ConfigError(f"{args.study}: no meta.seq_len or per-row batch_size (not a launch/scaling.py results.json?)")
+            tokens = [r["batch_size"] * seq_len for r in measured]
             rows, _ = _predict_rows(args, timeline, worlds, mode, backend, tokens)
             for m_row, p_row in zip(measured, rows):
                 err = p_row["step_ms"] / m_row["step_ms"] - 1
@@ -225,7 +235,7 @@ def main(argv: list[str]) -> None:
                                  "predicted_compute_ms": p_row["parts"]["compute"],
                                  "measured_exposed_ms": m_row["parts"]["exposed"] + m_row["parts"]["wait"],
                                  "predicted_exposed_ms": p_row["parts"]["exposed"], "contention": p_row["contention"],
-                                 "cpu_overlap": p_row["cpu_overlap"], "timeline": timeline.source,
+                                 "cpu_overlap": p_row["cpu_overlap"], "timeline": p_row["timeline"],
                                  "measured_slowest_rank_ms": m_row.get("slowest_step_ms"),
                                  "error_vs_slowest_rank": (p_row["step_ms"] / m_row["slowest_step_ms"] - 1
                                                            if m_row.get("slowest_step_ms") else None)})

@@ -99,6 +99,20 @@ def test_analyse_rows_per_mode_and_backend():
     assert sum(rows[1]["gap"].values()) == pytest.approx(10.0)
 
 
+def test_a_layout_of_4_and_one_of_2x2_stay_separate_rows_and_points(tmp_path):
+    from gptdist.scaling import RunResult, Stat, plot_report
+
+    def result(world, layout, step_ms):
+        parts = {"compute": step_ms - 1, "exposed": 1.0, "wait": 0.0, "data": 0.0, "other": 0.0}
+        return RunResult(f"m{layout}", "manual", world, layout, 2, 128, 5, Stat(step_ms, step_ms, step_ms), parts, 1.0,
+                         0.5, 10.0, 128 / step_ms * 1e3, ("strong",))
+
+    rows = analyse([result(1, "1", 100.0), result(4, "4", 40.0), result(4, "2x2", 50.0)], ["strong"])
+    assert [(r["layout"], r["efficiency"]) for r in rows] == [("1", 1.0), ("4", 0.625), ("2x2", 0.5)]
+    paths = plot_report(rows, tmp_path)
+    assert sorted(p.name for p in paths) == ["breakdown_strong.png", "efficiency_strong.png", "throughput_strong.png"]
+
+
 def tiny_study_config(tmp_path):
     """A config file for a study that runs in seconds: the test model on a synthetic token set."""
     data = make_token_dataset(tmp_path / "data")

@@ -142,7 +142,8 @@ class Instrumentation:
                           "comm_ms": values["comm/total_ms"], "exposed_ms": values["comm/exposed_ms"],
                           "overlap": values["comm/overlap"]})
         # The step's timeline (ms from the step's start), for the scaling simulator (gptdist/simulator.py):
-        # phases in order, and when each gradient bucket got its last gradient (manual backend).
+        # phases in order, and when each gradient bucket was ready (manual backend: its last gradient arrived;
+        # ddp: the reducer handed it to the comm hook).
         timeline = {
             "phases": [[name, round((s - start) * 1e3, 4), round((e - start) * 1e3, 4)] for name, s, e in phases],
             "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks()],

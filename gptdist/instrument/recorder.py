@@ -155,9 +155,9 @@ class CollectiveRecorder:
         self._last_grad_ready: Optional[float] = None  # see grad_ready
 
     def mark(self, name: str, index: int, nbytes: int) -> None:
-        """Note a moment that is not a collective, e.g. "bucket_ready": the manual backend's bucket
-        `index` (`nbytes`) got its last gradient. The scaling simulator replays these from a 1-rank
-        run. Host clock: on CUDA it is when autograd's thread ran the hook (it runs ahead of the GPU)."""
+        """Note a moment that is not a collective, e.g. "bucket_ready": gradient bucket `index` (`nbytes`)
+        is ready (manual backend: its last gradient arrived; ddp: the reducer called the comm hook). The
+        scaling simulator replays these from a 1-rank run. Host clock: on CUDA it is when autograd's thread ran the hook (it runs ahead of the GPU)."""
         self._marks.append((name, int(index), int(nbytes), time.perf_counter()))
 
     def take_marks(self) -> list[tuple[str, int, int, float]]:
