@@ -472,6 +472,43 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
     return paths
 
 
+def plot_predicted_vs_measured(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """validation_<mode>.png: per backend, the measured step (bar, p25–p75 whisker) and the predicted one
+    (marker, error in % above it) at each layout. rows: `launch/simulate.py validate`'s rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for mode in sorted({r["mode"] for r in rows}):
+        mine = [r for r in rows if r["mode"] == mode]
+        backends = sorted({r["backend"] for r in mine})
+        fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 4), sharey=True, squeeze=False)
+        for ax, b in zip(axes[0], backends):
+            rs = [r for r in mine if r["backend"] == b]  # in the study's order (by world size)
+            x = list(range(len(rs)))
+            measured = [r["measured_ms"] for r in rs]
+            spread = [[m - r["measured_p25"] for m, r in zip(measured, rs)], [r["measured_p75"] - m for m, r in zip(measured, rs)]]
+            ax.bar(x, measured, color="#9ecae1", yerr=spread, capsize=3, label="measured (p25–p75)")
+            ax.plot(x, [r["predicted_ms"] for r in rs], "kD", label="predicted")
+            for xi, r in zip(x, rs):
+                ax.annotate(f"{100 * r['error']:+.1f}%", (xi, max(r["predicted_ms"], r["measured_p75"])),
+                            textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+            ax.set_xticks(x, [r.get("layout", str(r["world"])) for r in rs])
+            ax.set_xlabel("ranks N")
+            ax.set_title(b)
+        axes[0][0].set_ylabel("ms per step (median)")
+        handles, names = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
+        fig.suptitle(f"{mode} scaling: predicted vs measured step")
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        paths.append(out_dir / f"validation_{mode}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
 def write_report(out_dir: Path, rows: list[dict[str, Any]], results: list[RunResult], meta: dict[str, Any],
                  notes: Sequence[str] = ()) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)

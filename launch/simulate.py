@@ -256,6 +256,8 @@ def main(argv: list[str]) -> None:
         (out / "validation.json").write_text(json.dumps(
             {"command": "python launch/simulate.py " + " ".join(argv), "rows": out_rows}, indent=2) + "\n")
         (out / "validation.md").write_text("\n".join(lines) + "\n")
+        plots = scaling.plot_predicted_vs_measured(out_rows, out)
+        print(f"wrote {out}/validation.json, validation.md, " + ", ".join(p.name for p in plots))
 
 
 if __name__ == "__main__":

@@ -347,6 +347,7 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     # ddp's single bucket cannot start before backward ends: slower than the manual backend's two
     assert rows["strong", "ddp", 2]["predicted_ms"] > rows["strong", "manual", 2]["predicted_ms"]
     assert "| strong | ddp | 2 |" in (out / "validation.md").read_text()
+    assert all((out / f"validation_{mode}.png").stat().st_size > 1000 for mode in ("strong", "weak"))
 
     # With a second timeline measured at 2 sequences, the runs at that batch are replayed from it as they are
     # (the weak rows), the others from the affine compute(batch) through both (the strong N=1 row: the first).
