@@ -395,6 +395,20 @@ def answer_in_words(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _save_backend_panels(fig, axes, title: str, path: Path) -> Path:
+    """Finish a row of per-backend panels (ms per step on the y axis): shared legend below, title, save."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].set_ylabel("ms per step (median)")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = False, title_note: str = "") -> list[Path]:
     """efficiency_<mode>.png, breakdown_<mode>.png, throughput_<mode>.png (marked PREDICTED when simulated)."""
     import matplotlib
@@ -442,14 +456,8 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
             ax.set_xticks(list(x), [r["layout"] for r in rs])
             ax.set_xlabel("ranks N")
             ax.set_title(b)
-        axes[0][0].set_ylabel("ms per step (median)")
-        handles, legend_names = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, legend_names, loc="lower center", ncol=4, fontsize=8)
-        fig.suptitle(f"{tag}{mode} scaling: where a step's time goes{title_note}")
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
-        paths.append(out_dir / f"breakdown_{mode}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save_backend_panels(fig, axes, f"{tag}{mode} scaling: where a step's time goes{title_note}",
+                                          out_dir / f"breakdown_{mode}.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for b in backends:
@@ -495,17 +503,11 @@ def plot_predicted_vs_measured(rows: list[dict[str, Any]], out_dir: Path) -> lis
             for xi, r in zip(x, rs):
                 ax.annotate(f"{100 * r['error']:+.1f}%", (xi, max(r["predicted_ms"], r["measured_p75"])),
                             textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
-            ax.set_xticks(x, [r.get("layout", str(r["world"])) for r in rs])
+            ax.set_xticks(x, [r["layout"] for r in rs])
             ax.set_xlabel("ranks N")
             ax.set_title(b)
-        axes[0][0].set_ylabel("ms per step (median)")
-        handles, names = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
-        fig.suptitle(f"{mode} scaling: predicted vs measured step")
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
-        paths.append(out_dir / f"validation_{mode}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save_backend_panels(fig, axes, f"{mode} scaling: predicted vs measured step",
+                                          out_dir / f"validation_{mode}.png"))
     return paths
 
 

@@ -84,6 +84,13 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     from gptdist import scaling, simulator
     from gptdist.errors import ConfigError
 
+    comm = _comm(args)
+    small = None
+    if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
+        small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend, "--small-timeline")
+        if small.backend and timeline.backend and small.backend != timeline.backend:
+            raise ConfigError(f"--small-timeline for {backend} comes from a {small.backend} run, the timeline from a "
+                              f"{timeline.backend} run: give both from the same backend (BACKEND=PATH,...)")
     rows, preds = [], []
     base = None
     for i, layout in enumerate(worlds):
@@ -94,11 +101,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
                 raise ConfigError(f"{timeline.source or 'the timeline'} has no tokens_per_step (extract it from a run folder)")
             share = tokens_per_rank[i] / timeline.tokens_per_step
         replayed = timeline
-        if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
-            small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend, "--small-timeline")
-            if small.backend and timeline.backend and small.backend != timeline.backend:
-                raise ConfigError(f"--small-timeline for {backend} comes from a {small.backend} run, the timeline from a "
-                                  f"{timeline.backend} run: give both from the same backend (BACKEND=PATH,...)")
+        if small is not None:
             if small.tokens_per_step and abs(timeline.tokens_per_step * share - small.tokens_per_step) < 0.5:
                 replayed, share = small, 1.0  # a timeline measured at this very batch: replay it as it is
             else:
@@ -107,7 +110,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         contention = _measured_contention(args).get(n, contention)
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
         cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
-        p = simulator.simulate(replayed, _comm(args), n, backend, share, contention, overlap=not args.no_overlap,
+        p = simulator.simulate(replayed, comm, n, backend, share, contention, overlap=not args.no_overlap,
                                prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap)
         base = p if n == 1 else base
         preds.append(p)
