@@ -1,0 +1,55 @@
+"""Run one command per node at once, the way a user starts one torchrun on each real node."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from gptdist.cluster.netns import exec_argv
+from gptdist.cluster.state import ClusterState, Node
+
+
+def torchrun_argv(state: ClusterState, node: Node, nproc_per_node: int, port: int, script_and_args: list[str],
+                  rdzv_id: str = "gptdist") -> list[str]:
+    """The command line a user types on node `node` of a real cluster (head = node 0)."""
+    return ["torchrun", "--nnodes", str(len(state.nodes)), "--nproc-per-node", str(nproc_per_node),
+            "--node-rank", str(node.rank), "--rdzv-backend", "c10d", "--rdzv-id", rdzv_id,
+            "--rdzv-endpoint", f"{state.nodes[0].name}:{port}", *script_and_args]
+
+
+def fill_placeholders(state: ClusterState, node: Node, cmd: list[str]) -> list[str]:
+    """{node_rank}, {nnodes}, {head} (node 0's name) and {addr} (this node's address) in a command line."""
+    values = {"node_rank": node.rank, "nnodes": len(state.nodes), "head": state.nodes[0].name, "addr": node.addr}
+    return [arg.format(**values) if "{" in arg else arg for arg in cmd]
+
+
+def _pump(stream, prefix: str, sink) -> None:
+    for line in stream:
+        sink.write(f"[{prefix}] {line}")
+        sink.flush()
+
+
+def run_on_nodes(state: ClusterState, commands: dict[str, list[str]], timeout: float | None = None,
+                 sink=None) -> dict[str, int]:
+    """Start commands[node name] in each node's namespace together; wait for all; return exit codes.
+    Output lines are prefixed with the node's name. On timeout every started process is killed."""
+    sink = sink or sys.stdout
+    procs, pumps = {}, []
+    for name, cmd in commands.items():
+        argv = exec_argv(state, state.node(name), cmd)
+        procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        pumps.append(threading.Thread(target=_pump, args=(procs[name].stdout, name, sink), daemon=True))
+        pumps[-1].start()
+    codes = {}
+    try:
+        for name, proc in procs.items():
+            codes[name] = proc.wait(timeout=timeout)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for pump in pumps:
+            pump.join(timeout=5)
+    return codes
