@@ -85,6 +85,10 @@ class StepResult:
 
 class Trainer:
     def __init__(self, cfg: Config, ctx: DistContext):
+        # Take SIGTERM from the very start: one that lands during start-up (building, resuming) is voted on
+        # at the first step boundary instead of killing the worker unsaved. fit() puts the old handler back.
+        self._sigterm_received = False  # this rank's own flag, set by the signal handler, never cleared
+        self._previous_sigterm_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _in_main_thread() else None
         self.cfg = cfg
         self.ctx = ctx
         self.device = ctx.device
@@ -126,7 +130,6 @@ class Trainer:
             self.run_dir.name, cfg.to_dict(),
         )
         self._tokenizer = None
-        self._sigterm_received = False  # this rank's own flag, set by the signal handler, never cleared
         self._stop_agreed = False  # some rank voted to stop in the last step's all-reduce: the same on every rank
         self._phase = "start-up"  # what the loop is doing, for error messages
         self._hellaswag_items = None
@@ -325,12 +328,11 @@ class Trainer:
             f"batch {plan.micro_batch}x{plan.seq_len} x {plan.world_size} ranks x {plan.grad_accum} accum "
             f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir} | pid {os.getpid()}"
         )
-        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _in_main_thread() else None
         try:
             return self._loop()
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+            if self._previous_sigterm_handler is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
 
     def _on_sigterm(self, signum, frame) -> None:
         # Slurm sends SIGTERM before the time limit; torchrun forwards it to every worker.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 from gptdist.cluster.netns import exec_argv
 from gptdist.cluster.state import ClusterState, Node
@@ -42,9 +43,10 @@ def run_on_nodes(state: ClusterState, commands: dict[str, list[str]], timeout: f
         pumps.append(threading.Thread(target=_pump, args=(procs[name].stdout, name, sink), daemon=True))
         pumps[-1].start()
     codes = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         for name, proc in procs.items():
-            codes[name] = proc.wait(timeout=timeout)
+            codes[name] = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
     finally:
         for proc in procs.values():
             if proc.poll() is None:
