@@ -41,6 +41,10 @@ def main(argv: list[str]) -> int:
     e = sub.add_parser("exec", help="run a command in one node: exec NODE -- cmd")
     e.add_argument("node", help="n0, n1, ... (or the full name)")
     sub.add_parser("run", help="run a command on every node at once: {node_rank} {nnodes} {head} {addr} are filled in")
+    pl = sub.add_parser("plot", help="intra- vs inter-node comm_bench busbw in one plot: plot LABEL=RESULTS[@RATE] ...")
+    pl.add_argument("series", nargs="+", help="LABEL=comm_bench results folder, @RATE for a shaped link (e.g. @1gbit)")
+    pl.add_argument("--op", default="all_reduce")
+    pl.add_argument("--out", required=True)
     t = sub.add_parser("torchrun", help="one torchrun per node running SCRIPT ARGS: torchrun -- SCRIPT ARGS")
     t.add_argument("--nproc-per-node", type=int, default=1)
     t.add_argument("--port", type=int, default=29500)
@@ -48,6 +52,18 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     state.check_name(args.name)
 
+    if args.action == "plot":  # no root needed
+        import json
+        from gptdist.cluster import report
+        series = [report.parse_series(spec) for spec in args.series]
+        summary = [report.link_summary(args.op, *s) for s in series]
+        print(f"wrote {report.plot(series, Path(args.out), args.op)}")
+        (Path(args.out) / f"{args.op}_link_summary.json").write_text(json.dumps(summary, indent=2))
+        for row in summary:
+            vs_rate = (f" = {100 * row['busbw_over_rate']:.1f}% of the link; fit >= 1 MiB: "
+                       f"{row['fit_busbw_gbps']:.4f} GB/s = {100 * row['fit_busbw_over_rate']:.1f}%") if "link_gbps" in row else ""
+            print(f"{row['label']}: busbw {row['busbw_gbps_largest']:.4f} GB/s at {row['largest_bytes']} B{vs_rate}")
+        return 0
     if args.action == "up":
         netns.require_host()
         try:
