@@ -6,14 +6,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from gptdist.cluster import netns, state
 from launchers import REPO, subprocess_env
-from synthetic import make_token_dataset
-from test_parallel_training import STEPS, as_argv, assert_matches_reference, losses, overrides
+# The single-process reference and the comparison, exactly as the 1-node multi-process tests use them.
+from test_parallel_training import STEPS, as_argv, assert_matches_reference, data_dir, losses, overrides, reference  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(netns.missing_requirements() is not None,
                                                    reason=netns.missing_requirements() or "")]
@@ -85,22 +84,6 @@ def test_two_nodes_rendezvous_across_the_link(cluster):
     # One rank on each node, each with its node's host name; results checked (0 wrong).
     assert re.search(r"Rank\s+0 Pid\s+\d+ on\s+gdtc-n0", out) and re.search(r"Rank\s+1 Pid\s+\d+ on\s+gdtc-n1", out), out
     assert "nranks 2 nodes 2" in out and "Out of bounds values : 0 OK" in out
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_token_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
-    from gptdist import checkpoint as ckpt
-    from gptdist.config import build_config
-    from gptdist.dist import init_distributed
-    from gptdist.trainer import train
-    out = tmp_path_factory.mktemp("runs")
-    summary = train(build_config(None, overrides(data_dir, out, "none")), init_distributed("cpu"))
-    return summary["losses"], ckpt.load_model(out / "none"), out / "none"
 
 
 @pytest.mark.parametrize("backend", ["fsdp", "manual"])

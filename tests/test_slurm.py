@@ -6,7 +6,6 @@ installs Debian's slurm-wlm when absent (CI included). Polls job states with gen
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -66,9 +65,9 @@ def settings(data_dir: Path, **extra) -> dict:
     return values
 
 
-def submit(cluster, out: Path, run_name: str, values: dict) -> str:
+def submit(cluster, out: Path, run_name: str, values: dict, export_more: str = "") -> str:
     train_args = " ".join(f"--{k}={v}" for k, v in values.items())
-    export = f"ALL,CONFIG=,BACKEND=manual,DEVICE=cpu,NPROC_PER_NODE=1,OUT_DIR={out},RUN_NAME={run_name},RDZV_PORT=29621"
+    export = f"ALL,CONFIG=,BACKEND=manual,DEVICE=cpu,NPROC_PER_NODE=1,OUT_DIR={out},RUN_NAME={run_name},RDZV_PORT=29621{export_more}"
     # --time stays generous: SIGTERM comes from scancel in the test, never from a time limit on a busy machine.
     cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--time=30:00", f"--chdir={REPO}",
            f"--output={out}/slurm-%j.out", f"--export={export},TRAIN_ARGS={train_args}", "launch/slurm_2nodes.sbatch"]
@@ -120,7 +119,10 @@ def test_job_spans_two_nodes_and_runs_to_the_end(cluster, data_dir, tmp_path, re
 
 def test_sigterm_checkpoints_exits_0_and_the_resubmitted_job_resumes(cluster, data_dir, tmp_path, reference):
     run = tmp_path / "preempted"
-    job = submit(cluster, tmp_path, "preempted", settings(data_dir, **{"train.max_steps": 100000}))
+    # torchrun's grace after SIGTERM cut to 1 s (default 30 s): shorter than what the workers need to reach
+    # the step boundary, save and exit. The job must not depend on it (torchrun ignores SIGTERM).
+    job = submit(cluster, tmp_path, "preempted", settings(data_dir, **{"train.max_steps": 100000}),
+                 export_more=",TORCH_ELASTIC_SHUTDOWN_TIMEOUT=1")
     deadline = time.monotonic() + 400
     while not ((run / "metrics.jsonl").exists() and len(train_losses(run)) >= 2):
         assert time.monotonic() < deadline and job_fields(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), \
