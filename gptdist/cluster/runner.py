@@ -32,9 +32,12 @@ def _pump(stream, prefix: str, sink) -> None:
 
 
 def run_on_nodes(state: ClusterState, commands: dict[str, list[str]], timeout: float | None = None,
-                 sink=None) -> dict[str, int]:
+                 sink=None, grace_after_failure_s: float = 60.0) -> dict[str, int]:
     """Start commands[node name] in each node's namespace together; wait for all; return exit codes.
-    Output lines are prefixed with the node's name. On timeout every started process is killed."""
+    Output lines are prefixed with the node's name. Once a node fails, the others get
+    grace_after_failure_s to end by themselves (their own one-line errors) and are then killed, so a node
+    that died before the rendezvous doesn't leave the rest waiting for its 15-minute timeout. On timeout
+    every process still running is killed."""
     sink = sink or sys.stdout
     procs, pumps = {}, []
     for name, cmd in commands.items():
@@ -42,16 +45,28 @@ def run_on_nodes(state: ClusterState, commands: dict[str, list[str]], timeout: f
         procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         pumps.append(threading.Thread(target=_pump, args=(procs[name].stdout, name, sink), daemon=True))
         pumps[-1].start()
-    codes = {}
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        for name, proc in procs.items():
-            codes[name] = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        while any(p.poll() is None for p in procs.values()):
+            now = time.monotonic()
+            failed = any(p.returncode not in (None, 0) for p in procs.values())
+            if failed and (deadline is None or deadline > now + grace_after_failure_s):
+                deadline = now + grace_after_failure_s
+                sink.write(f"[cluster] a node failed: the others get {grace_after_failure_s:g}s to finish\n")
+            if deadline is not None and now > deadline:
+                break
+            time.sleep(0.2)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
+        # SIGTERM first: torchrun passes it on to its workers (their own sessions) and reaps them.
+        stopping = [p for p in procs.values() if p.poll() is None]
+        for proc in stopping:
+            proc.terminate()
+        for proc in stopping:
+            try:
+                proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         for pump in pumps:
             pump.join(timeout=5)
-    return codes
+    return {name: proc.returncode for name, proc in procs.items()}
