@@ -51,7 +51,9 @@ _NULL = contextlib.nullcontext()
 
 
 class Instrumentation:
-    def __init__(self, cfg, ctx: DistContext, run_dir: Path, log: Optional[logging.Logger] = None):
+    def __init__(self, cfg, ctx: DistContext, run_dir: Path, log: Optional[logging.Logger] = None, clock=None):
+        """clock: the device clock CUDA events are read through (None: the real one; tests pass a
+        simulated GPU, tests/fake_cuda.py)."""
         self.ctx = ctx
         self.log = log or logging.getLogger("gptdist")
         self.enabled = cfg.instrument.enabled
@@ -60,10 +62,12 @@ class Instrumentation:
         if self.enabled:
             self.rank_dir.mkdir(parents=True, exist_ok=True)
         if self.enabled and cfg.instrument.collectives:
-            self.recorder: Any = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size, self.rank_dir / "collectives.jsonl")
+            self.recorder: Any = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size, self.rank_dir / "collectives.jsonl",
+                                                     clock=clock)
         else:
             self.recorder = NullRecorder()
-        self.timer = StepTimer(ctx.device)
+        self.timer = StepTimer(ctx.device, clock)
+        self.step = 0  # the optimizer step being measured (set by begin_step)
         self.telemetry = Telemetry(ctx.device) if self.enabled else None
         self._steps_file = open(self.rank_dir / "steps.jsonl", "a", buffering=1 << 16) if self.enabled else None
         self.rows: list[dict[str, Any]] = []  # per-step values kept for the summary
@@ -73,7 +77,7 @@ class Instrumentation:
         if ctx.has_group and ctx.world_size > 1:
             with self.recorder.timed("barrier", label="clock_sync", nbytes=0):
                 dist.barrier()
-        self.sync_s = time.perf_counter()
+        self.sync_s = self.timer.now()
         if self.recorder.enabled:
             self.recorder.t0 = self.sync_s
 
@@ -92,6 +96,7 @@ class Instrumentation:
 
     # --- per step ------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
+        self.step = step
         if not self._timing:
             return
         self.recorder.set_step(step)
@@ -107,8 +112,8 @@ class Instrumentation:
         """The step's breakdown (namespaced keys); call after the step's final synchronize."""
         if not self._timing:
             return {}
+        start, end, phases = self.timer.end()  # first: on CUDA it sets the reference for mapping events
         records = self.recorder.collect(self.timer.cuda_ref)
-        start, end, phases = self.timer.end()
         if self.profiler is not None:
             self._recent.append(records)
         if not self.enabled:
@@ -117,11 +122,11 @@ class Instrumentation:
         for name, s, e in phases:
             values[f"time/{name}_ms"] = values.get(f"time/{name}_ms", 0.0) + (e - s) * 1e3
         compute_phases = [(name, s, e) for name, s, e in phases if name in COMPUTE_PHASES]
-        grads_done = self.recorder.take_last_grad_ready()
-        if grads_done is not None and not self.recorder.cuda:
+        grads_done = self.recorder.take_last_grad_ready(self.timer.cuda_ref)
+        if grads_done is not None:
             # DDP waits for its last bucket inside backward: after this rank's last gradient was computed,
-            # backward only waited. (Host clock: on CUDA autograd's thread runs ahead of the GPU, so the
-            # cut is made on the CPU only.)
+            # backward only waited. (On CUDA grads_done is a CUDA event's time: when the GPU computed the
+            # last gradient, not when autograd's thread, running ahead, called the hook.)
             compute_phases = [(n, s, min(e, grads_done)) if n == "backward" and s < grads_done < e else (n, s, e)
                               for n, s, e in compute_phases]
         compute = subtract([(s, e) for _, s, e in compute_phases], blocking_intervals(records))
@@ -136,8 +141,11 @@ class Instrumentation:
             "comm/count": len(records),
             "comm/bytes": sum(r.bytes for r in records),
         })
+        untimed = sum(1 for r in records if r.end_s is None)
+        if untimed:  # CUDA with NCCL timing off: counted, not timed (recorder.py says why, once)
+            values["comm/untimed"] = untimed
         values.update(self.telemetry.sample())
-        step = self.recorder.step if self.recorder.enabled else len(self.rows) + 1
+        step = self.step
         self.rows.append({"step": step, "step_ms": step_ms, "compute_ms": values["time/compute_ms"],
                           "comm_ms": values["comm/total_ms"], "exposed_ms": values["comm/exposed_ms"],
                           "overlap": values["comm/overlap"]})
@@ -146,12 +154,12 @@ class Instrumentation:
         # ddp: the reducer handed it to the comm hook).
         timeline = {
             "phases": [[name, round((s - start) * 1e3, 4), round((e - start) * 1e3, 4)] for name, s, e in phases],
-            "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks()],
+            "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks(self.timer.cuda_ref)],
         }
         # When the step ended, as Unix time: the interval between two steps' ends is the step period, what
         # throughput sees (it includes the work between steps, and it does not depend on where a rank's
         # step boundary fell; gptdist/scaling.py).
-        end_unix_s = time.time() - (time.perf_counter() - end)
+        end_unix_s = time.time() - (self.timer.now() - end)
         self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms,
                                            "end_unix_s": round(end_unix_s, 6), **values, "timeline": timeline}) + "\n")
         return values
