@@ -116,10 +116,10 @@ class NullRecorder:
 
     enabled = False
 
-    def track(self, op, tensor, label, work, nbytes=None, group_size=None):
+    def track(self, op, tensor, label, work, nbytes=None, group_size=None, group=None):
         return work
 
-    def timed(self, op, tensor=None, label="", nbytes=None, group_size=None):
+    def timed(self, op, tensor=None, label="", nbytes=None, group_size=None, group=None):
         return contextlib.nullcontext()
 
     def set_step(self, step: int) -> None:
@@ -134,13 +134,13 @@ class NullRecorder:
     def grad_ready(self) -> None:
         pass
 
-    def take_last_grad_ready(self) -> Optional[float]:
+    def take_last_grad_ready(self, cuda_ref=None) -> Optional[float]:
         return None
 
-    def take_marks(self) -> list:
+    def take_marks(self, cuda_ref=None) -> list:
         return []
 
-    def collect(self) -> list[CollectiveRecord]:
+    def collect(self, cuda_ref=None) -> list[CollectiveRecord]:
         return []
 
     def close(self) -> None:
