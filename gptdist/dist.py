@@ -101,13 +101,17 @@ def init_distributed(
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     else:
         rank, world, local_rank, local_world = 0, 1, 0, 1
-    device = choose_device(device_preference, local_rank)
+    # GPTDIST_GLOO_ON_CUDA=1: gloo with CUDA tensors, every local rank on the visible GPUs in turn. NCCL
+    # refuses two ranks on one GPU; the device check (gptdist/gpu_check.py) runs 2 ranks on one GPU this way.
+    gloo_on_cuda = os.environ.get("GPTDIST_GLOO_ON_CUDA") == "1" and torch.cuda.is_available()
+    device = choose_device(device_preference, local_rank % torch.cuda.device_count() if gloo_on_cuda else local_rank)
     if world == 1 and not need_group:
         return DistContext(rank, world, local_rank, local_world, device, None)
 
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "nccl" if device.type == "cuda" and not gloo_on_cuda else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if backend == "nccl":
         # NCCL's own per-collective start/end events (Work._get_duration): the collective recorder's
         # source of async collective durations on GPUs (gptdist/instrument/recorder.py). Read by
         # ProcessGroupNCCL at creation, so it must be set before init_process_group.
