@@ -116,6 +116,9 @@ def init_distributed(
         # source of async collective durations on GPUs (gptdist/instrument/recorder.py). Read by
         # ProcessGroupNCCL at creation, so it must be set before init_process_group.
         os.environ.setdefault("TORCH_NCCL_ENABLE_TIMING", "1")
+        # NCCL's flight recorder: the last collectives and their states, dumped into the run folder by
+        # gptdist/instrument/watchdog.py when a peer stalls. Also read at process-group creation.
+        os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         if launched_by_torchrun():

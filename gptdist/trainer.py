@@ -41,6 +41,7 @@ from gptdist.evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from gptdist.evaluate import sample_text, validation_loss
 from gptdist.instrument.instrumentation import Instrumentation
 from gptdist.instrument.sinks import MetricsLogger
+from gptdist.instrument.watchdog import StallWatchdog
 from gptdist.model import GPT
 from gptdist.optim import build_optimizer, lr_at, set_lr
 from gptdist.parallel import parallelize
@@ -339,11 +340,22 @@ class Trainer:
             f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir} | pid {os.getpid()}"
         )
         previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _in_main_thread() else None
+        watchdog = self._stall_watchdog()
         try:
             return self._loop()
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
+
+    def _stall_watchdog(self) -> Optional[StallWatchdog]:
+        """NCCL only: gloo's own timeout already gives the one-line error (instrument/watchdog.py)."""
+        if self.ctx.backend != "nccl":
+            return None
+        status = lambda: (self.step + 1, self._phase, self.instr.recorder.in_flight())  # noqa: E731
+        return StallWatchdog(self.ctx.rank, self.cfg.dist.timeout_s, status, self.run_dir / "ranks" / f"rank{self.ctx.rank}",
+                             log=self.log.error).start()
 
     def _on_sigterm(self, signum, frame) -> None:
         # Slurm sends SIGTERM before the time limit; torchrun forwards it to every worker.
