@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.autograd.profiler import record_function
 
 from gptdist.dist import DistContext
+from gptdist.instrument import arrival
 from gptdist.instrument.profiler import CLOCK_MARKER, StepProfiler, merge_traces, load_trace, write_trace
 from gptdist.instrument.recorder import CollectiveRecorder, NullRecorder, blocking_intervals, comm_intervals
 from gptdist.instrument.steptimer import COMPUTE_PHASES, StepTimer
@@ -71,6 +72,9 @@ class Instrumentation:
         self.telemetry = Telemetry(ctx.device) if self.enabled else None
         self._steps_file = open(self.rank_dir / "steps.jsonl", "a", buffering=1 << 16) if self.enabled else None
         self.rows: list[dict[str, Any]] = []  # per-step values kept for the summary
+        # Arrival and end of every collective (gathered at the end for the wait/transfer split; arrival.py).
+        # Capped: a long run keeps its last 20,000 collectives.
+        self.arrivals: collections.deque = collections.deque(maxlen=20_000)
 
         # Clock sync: every rank leaves this barrier at (nearly) the same moment; the merged trace
         # aligns the ranks' clocks on it and collectives.jsonl times count from it.
@@ -116,6 +120,8 @@ class Instrumentation:
         records = self.recorder.collect(self.timer.cuda_ref)
         if self.profiler is not None:
             self._recent.append(records)
+        if self.recorder.enabled:
+            self.arrivals.extend(arrival.arrivals(records, self.recorder.t0))
         if not self.enabled:
             return {}
         values: dict[str, Any] = {}
@@ -181,14 +187,30 @@ class Instrumentation:
                 self._merge_traces()
         if self.enabled:
             rows_by_rank = {self.ctx.rank: self.rows}
+            arrivals_by_rank = {self.ctx.rank: list(self.arrivals)}
             if self.ctx.has_group and self.ctx.world_size > 1:
                 gathered: list[Any] = [None] * self.ctx.world_size
-                dist.all_gather_object(gathered, (self.ctx.rank, self.rows))
-                rows_by_rank = dict(gathered)
+                dist.all_gather_object(gathered, (self.ctx.rank, self.rows, list(self.arrivals)))
+                rows_by_rank = {rank: rows for rank, rows, _ in gathered}
+                arrivals_by_rank = {rank: arrivals for rank, _, arrivals in gathered}
             if self.ctx.is_main:
+                self._add_wait_transfer(rows_by_rank, arrivals_by_rank)
                 result = summarize(rows_by_rank, self.skip)
+                result["clock_sync"] = ("ranks' clocks aligned at the start-up barrier's exit (offset taken as 0 "
+                                        "there; error = the barrier's exit skew); see instrument/arrival.py")
                 self.log.info("step time breakdown (ms; median / p95 over steps):\n" + format_table(result))
         return result
+
+    def _add_wait_transfer(self, rows_by_rank, arrivals_by_rank) -> None:
+        """Per step and rank: wait_ms (for the last rank to arrive) and transfer_ms (after it), summed over
+        the step's collectives; one line per collective in collectives_split.jsonl (rank 0's run folder)."""
+        split = arrival.split(arrivals_by_rank)
+        totals = arrival.per_step_totals(split)
+        for rank, rows in rows_by_rank.items():
+            for row in rows:
+                row["wait_ms"], row["transfer_ms"] = totals.get(rank, {}).get(row["step"], (None, None))
+        with open(self.rank_dir.parent.parent / "collectives_split.jsonl", "w") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in split))
 
     def _merge_traces(self) -> None:
         paths = {r: self.trace_dir / f"rank{r}.json" for r in range(self.ctx.world_size)}
