@@ -168,3 +168,25 @@ def all_reduce_scalar(value: float, ctx: DistContext, op: str = "sum") -> float:
     reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
     dist.all_reduce(t, op=reduce_op)
     return t.item()
+
+
+def emulated_node_devices(nodes: int, per_node: int, visible: list[str]) -> list[Optional[str]]:
+    """CUDA_VISIBLE_DEVICES for each of `nodes` emulated nodes on one host (the scaling study's `2x2`):
+    node i gets GPUs [i*per_node, (i+1)*per_node) of the visible ones, so no two "nodes" share a GPU
+    (NCCL refuses that: duplicate GPU). No GPUs visible: None for every node (CPU runs). Too few: an error."""
+    if not visible:
+        return [None] * nodes
+    if nodes * per_node > len(visible):
+        raise ConfigError(f"{nodes} emulated nodes x {per_node} GPUs need {nodes * per_node} GPUs; "
+                          f"{len(visible)} visible ({','.join(visible)})")
+    return [",".join(visible[i * per_node:(i + 1) * per_node]) for i in range(nodes)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [d.strip() for d in listed.split(",") if d.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
