@@ -16,6 +16,7 @@ from gptdist.errors import GptdistError
 from gptdist.trainer import Trainer, train
 from launchers import torchrun
 from synthetic import make_token_dataset
+from test_trainer import tiny as tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,13 +27,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def tiny(data_dir: Path, out_dir: Path, **overrides):
-    base = {
-        "model.preset": "test", "data.dir": str(data_dir), "data.batch_size": 4, "data.seq_len": 32,
-        "train.max_steps": 4, "train.global_batch_tokens": 4 * 32 * 2, "eval.val_every": 0,
-        "checkpoint.at_end": False, "log.out_dir": str(out_dir), "log.run_name": "run",
-    }
-    base.update(overrides)
-    return build_config(None, base)
+    """test_trainer's tiny run: 4 steps, no evaluation (it would restart the step period), no final checkpoint."""
+    return tiny_run(data_dir, out_dir, **{"train.max_steps": 4, "eval.val_every": 0, "checkpoint.at_end": False, **overrides})
 
 
 def rows(path: Path, kind: str | None = None) -> list[dict]:
