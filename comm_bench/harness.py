@@ -133,6 +133,8 @@ def build_parser(default_op: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/comm_bench/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that already holds results")
     p.add_argument("--no-fit", dest="fit", action="store_false", help="skip the alpha-beta fit")
+    p.add_argument("--allow-one-rank", action="store_true",
+                   help="run at world size 1: checks correctness and the code path only (no bandwidth; the device check)")
     return p
 
 
@@ -151,6 +153,7 @@ class BenchArgs:
     out: Optional[str]
     overwrite: bool
     fit: bool
+    allow_one_rank: bool = False
 
 
 def parse_args(argv: list[str], default_op: str) -> BenchArgs:
@@ -170,6 +173,7 @@ def parse_args(argv: list[str], default_op: str) -> BenchArgs:
         out=ns.out,
         overwrite=ns.overwrite,
         fit=ns.fit,
+        allow_one_rank=ns.allow_one_rank,
     )
     if args.min_bytes is not None and args.max_bytes is not None and args.min_bytes > args.max_bytes:
         raise ConfigError(f"min size {args.min_bytes} B is larger than max size {args.max_bytes} B (-b/--min-bytes <= -e/--max-bytes)")
@@ -461,7 +465,7 @@ def _rank0_decides(ctx: DistContext, fn: Callable[[], Optional[str]]) -> None:
 
 
 def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
-    if ctx.world_size < 2:
+    if ctx.world_size < 2 and not args.allow_one_rank:
         raise ConfigError("a collective benchmark needs at least 2 ranks (torchrun --nproc-per-node 2 or more)")
     lo, hi = resolve_size_range(args, ctx.device.type)
     out = Path(args.out) if args.out else default_out_dir()

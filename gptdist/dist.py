@@ -101,17 +101,24 @@ def init_distributed(
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     else:
         rank, world, local_rank, local_world = 0, 1, 0, 1
-    device = choose_device(device_preference, local_rank)
+    # GPTDIST_GLOO_ON_CUDA=1: gloo with CUDA tensors, every local rank on the visible GPUs in turn. NCCL
+    # refuses two ranks on one GPU; the device check (gptdist/gpu_check.py) runs 2 ranks on one GPU this way.
+    gloo_on_cuda = os.environ.get("GPTDIST_GLOO_ON_CUDA") == "1" and torch.cuda.is_available()
+    device = choose_device(device_preference, local_rank % torch.cuda.device_count() if gloo_on_cuda else local_rank)
     if world == 1 and not need_group:
         return DistContext(rank, world, local_rank, local_world, device, None)
 
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "nccl" if device.type == "cuda" and not gloo_on_cuda else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if backend == "nccl":
         # NCCL's own per-collective start/end events (Work._get_duration): the collective recorder's
         # source of async collective durations on GPUs (gptdist/instrument/recorder.py). Read by
         # ProcessGroupNCCL at creation, so it must be set before init_process_group.
         os.environ.setdefault("TORCH_NCCL_ENABLE_TIMING", "1")
+        # NCCL's flight recorder: the last collectives and their states, dumped into the run folder by
+        # gptdist/instrument/watchdog.py when a peer stalls. Also read at process-group creation.
+        os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         if launched_by_torchrun():
@@ -161,3 +168,25 @@ def all_reduce_scalar(value: float, ctx: DistContext, op: str = "sum") -> float:
     reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
     dist.all_reduce(t, op=reduce_op)
     return t.item()
+
+
+def emulated_node_devices(nodes: int, per_node: int, visible: list[str]) -> list[Optional[str]]:
+    """CUDA_VISIBLE_DEVICES for each of `nodes` emulated nodes on one host (the scaling study's `2x2`):
+    node i gets GPUs [i*per_node, (i+1)*per_node) of the visible ones, so no two "nodes" share a GPU
+    (NCCL refuses that: duplicate GPU). No GPUs visible: None for every node (CPU runs). Too few: an error."""
+    if not visible:
+        return [None] * nodes
+    if nodes * per_node > len(visible):
+        raise ConfigError(f"{nodes} emulated nodes x {per_node} GPUs need {nodes * per_node} GPUs; "
+                          f"{len(visible)} visible ({','.join(visible)})")
+    return [",".join(visible[i * per_node:(i + 1) * per_node]) for i in range(nodes)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [d.strip() for d in listed.split(",") if d.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]

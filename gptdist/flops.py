@@ -38,6 +38,9 @@ PEAK_FLOPS: dict[tuple[str, str], float] = {
     ("H100 NVL", "tf32"): 417.5e12, ("H100 NVL", "fp32"): 60e12,
     # H200 SXM datasheet (nvidia.com/en-us/data-center/h200): same compute as H100 SXM.
     ("H200", "bf16"): 989e12, ("H200", "fp16"): 989e12, ("H200", "tf32"): 494.5e12, ("H200", "fp32"): 67e12,
+    # H200 NVL, same datasheet: BF16/FP16 1,671*, TF32 835*, FP32 60 (the PCIe card: lower clocks and power).
+    ("H200 NVL", "bf16"): 835.5e12, ("H200 NVL", "fp16"): 835.5e12,
+    ("H200 NVL", "tf32"): 417.5e12, ("H200 NVL", "fp32"): 60e12,
     # A100 datasheet (SXM4 and PCIe alike): BF16/FP16 312 (624*), TF32 156 (312*), FP32 19.5.
     ("A100", "bf16"): 312e12, ("A100", "fp16"): 312e12, ("A100", "tf32"): 156e12, ("A100", "fp32"): 19.5e12,
     # A10 datasheet: BF16/FP16 125 (250*), TF32 62.5 (125*), FP32 31.2. (AWS's A10G is a different part.)
@@ -59,7 +62,7 @@ def device_key(device_name: str) -> Optional[str]:
             return "H100 NVL"
         return "H100 SXM"  # "NVIDIA H100 80GB HBM3", "NVIDIA GH200 480GB"
     if "H200" in name:
-        return "H200"
+        return "H200 NVL" if "NVL" in name else "H200"  # "NVIDIA H200 NVL" vs "NVIDIA H200" (SXM)
     if "A100" in name:
         return "A100"
     if name.replace("NVIDIA ", "").strip() == "A10":

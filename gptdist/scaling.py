@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from gptdist.dist import emulated_node_devices, visible_gpus
 from gptdist.errors import ConfigError
 from gptdist.instrument.summary import percentile
 
@@ -183,8 +184,11 @@ def run_spec(spec: RunSpec, config: str, runs_dir: Path, steps: int, threads_per
     commands = launch_commands(spec, config, runs_dir, steps, extra)
     log(f"run {spec.name} ({', '.join(spec.modes)}): {' '.join(commands[0][2:])}")
     t0 = time.time()
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in commands]
+    # Each emulated node gets its own GPUs (NCCL refuses two ranks on one GPU): gptdist.dist.emulated_node_devices.
+    devices = emulated_node_devices(spec.layout.nodes, spec.layout.per_node, visible_gpus())
+    procs = [subprocess.Popen(cmd, cwd=REPO, env={**env, "CUDA_VISIBLE_DEVICES": gpus} if gpus else env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, gpus in zip(commands, devices)]
     outputs = []
     for p in procs:
         try:

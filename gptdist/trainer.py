@@ -41,6 +41,7 @@ from gptdist.evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from gptdist.evaluate import sample_text, validation_loss
 from gptdist.instrument.instrumentation import Instrumentation
 from gptdist.instrument.sinks import MetricsLogger
+from gptdist.instrument.watchdog import StallWatchdog
 from gptdist.model import GPT
 from gptdist.optim import build_optimizer, lr_at, set_lr
 from gptdist.parallel import parallelize
@@ -78,9 +79,10 @@ class StepResult:
     grad_norm: float
     step_ms: float
     data_ms: float
-    tokens: int
+    tokens: int  # tokens of the whole step, all ranks together
     skipped: bool = False  # non-finite loss or norm: no update (train.on_nonfinite=skip)
     breakdown: dict[str, Any] = dataclasses.field(default_factory=dict)  # time/*, comm/*, mem/*, host/* keys
+    period_ms: float = 0.0  # from the previous step's end to this one's (what throughput sees); see train_step
 
 
 class Trainer:
@@ -133,6 +135,7 @@ class Trainer:
         self._stop_agreed = False  # some rank voted to stop in the last step's all-reduce: the same on every rank
         self._phase = "start-up"  # what the loop is doing, for error messages
         self._hellaswag_items = None
+        self._last_step_end: Optional[float] = None  # perf_counter at the end of the previous step (step period)
 
     # ------------------------------------------------------------------------------------------
     # Resume
@@ -162,6 +165,7 @@ class Trainer:
         self.log.info(f"resumed from {path} at step {self.step}")
 
     def save_checkpoint(self) -> Path:
+        self._last_step_end = None  # not a training step: the next step period starts afresh
         rank_state = {"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state()}
         meta = {"backend": self.cfg.backend, "model": ckpt.model_meta(self.model_config), "config": self.cfg.to_dict()}
         path = ckpt.save(
@@ -177,7 +181,7 @@ class Trainer:
     def train_step(self) -> StepResult:
         backend, plan, instr = self.backend, self.plan, self.instr
         backend.module.train()
-        _sync(self.device)
+        # No synchronize here: the previous step ended with one, and one at each end would only add a stall.
         t0 = time.perf_counter()
         instr.begin_step(self.step + 1)
         data_s = 0.0
@@ -235,16 +239,23 @@ class Trainer:
         with instr.phase("zero_grad"):
             backend.zero_grad()
         _sync(self.device)
-        step_s = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        step_s = t_end - t0
+        # The step period: from the previous step's end to this one's, so host work between steps (logging,
+        # the profiler) counts against throughput. After an evaluation or a checkpoint (or at the first
+        # step) there is no previous end to count from: the step's own time stands in.
+        period_s = t_end - self._last_step_end if self._last_step_end is not None else step_s
+        self._last_step_end = t_end
         breakdown = instr.end_step(step_s * 1e3)
         self._phase = "between steps"
         return StepResult(self.step, loss_value, lr, grad_norm, step_s * 1e3, data_s * 1e3, plan.tokens_per_step, skipped,
-                          breakdown)
+                          breakdown, period_s * 1e3)
 
     # ------------------------------------------------------------------------------------------
     # Evaluation and samples
 
     def evaluate(self) -> float:
+        self._last_step_end = None  # not a training step: the next step period starts afresh
         val = validation_loss(
             self.backend.module, self.cfg.data.dir, self.cfg.data.batch_size, self.cfg.data.seq_len,
             self.cfg.eval.val_batches, self.ctx, autocast=lambda: autocast_context(self.dtype, self.device),
@@ -266,6 +277,7 @@ class Trainer:
     def sample(self) -> list[str]:
         """Text from the current model. Every rank runs it (FSDP's forward needs all ranks);
         rank 0 prints and saves."""
+        self._last_step_end = None  # not a training step: the next step period starts afresh
         if not self._has_gpt2_vocab():
             return []
         e = self.cfg.eval
@@ -284,6 +296,7 @@ class Trainer:
 
     def hellaswag(self) -> Optional[dict[str, float]]:
         """HellaSwag accuracy (items spread over ranks; every rank must call this)."""
+        self._last_step_end = None  # not a training step: the next step period starts afresh
         if not self._has_gpt2_vocab():
             return None
         if self._hellaswag_items is None:
@@ -301,11 +314,12 @@ class Trainer:
     # The loop
 
     def _log_step(self, r: StepResult) -> None:
-        tokens_per_s = r.tokens / (r.step_ms / 1e3)
-        mfu = flops.mfu(tokens_per_s, self.flops_per_token, self.peak_flops) if self.peak_flops else None
+        tokens_per_s = r.tokens / (r.period_ms / 1e3)  # all ranks together, over the step period
+        # MFU is per device: this rank's share of the tokens against this rank's peak.
+        mfu = flops.mfu(tokens_per_s / self.ctx.world_size, self.flops_per_token, self.peak_flops)
         values: dict[str, Any] = {
-            "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": r.step_ms, "data_ms": r.data_ms,
-            "tokens_per_s": tokens_per_s, "mfu": mfu, "tokens": self.step * r.tokens,
+            "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": r.step_ms, "period_ms": r.period_ms,
+            "data_ms": r.data_ms, "tokens_per_s": tokens_per_s, "mfu": mfu, "tokens": self.step * r.tokens,
         }
         if r.skipped:
             values["skipped"] = True
@@ -328,11 +342,22 @@ class Trainer:
             f"batch {plan.micro_batch}x{plan.seq_len} x {plan.world_size} ranks x {plan.grad_accum} accum "
             f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir} | pid {os.getpid()}"
         )
+        watchdog = self._stall_watchdog()
         try:
             return self._loop()
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             if self._previous_sigterm_handler is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
+
+    def _stall_watchdog(self) -> Optional[StallWatchdog]:
+        """NCCL only: gloo's own timeout already gives the one-line error (instrument/watchdog.py)."""
+        if self.ctx.backend != "nccl":
+            return None
+        status = lambda: (self.step + 1, self._phase, self.instr.recorder.in_flight())  # noqa: E731
+        return StallWatchdog(self.ctx.rank, self.cfg.dist.timeout_s, status, self.run_dir / "ranks" / f"rank{self.ctx.rank}",
+                             log=self.log.error).start()
 
     def _on_sigterm(self, signum, frame) -> None:
         # Slurm sends SIGTERM before the time limit; torchrun forwards it to every worker.
@@ -343,6 +368,13 @@ class Trainer:
         which rank, which step and what the loop was doing (instead of a C++ stack)."""
         try:
             return self.train_step()
+        except torch.OutOfMemoryError as e:
+            p = self.plan
+            raise GptdistError(
+                f"rank {self.ctx.rank}: out of memory at step {self.step + 1} during {self._phase} (micro-batch "
+                f"{p.micro_batch}x{p.seq_len} tokens per rank, {p.grad_accum} accumulation steps): lower "
+                f"data.batch_size (accumulation grows to keep train.global_batch_tokens)"
+            ) from e
         except (dist.DistError, RuntimeError) as e:
             if not self.ctx.has_group or isinstance(e, GptdistError):
                 raise

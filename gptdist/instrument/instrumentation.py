@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.autograd.profiler import record_function
 
 from gptdist.dist import DistContext
+from gptdist.instrument import arrival
 from gptdist.instrument.profiler import CLOCK_MARKER, StepProfiler, merge_traces, load_trace, write_trace
 from gptdist.instrument.recorder import CollectiveRecorder, NullRecorder, blocking_intervals, comm_intervals
 from gptdist.instrument.steptimer import COMPUTE_PHASES, StepTimer
@@ -51,7 +52,9 @@ _NULL = contextlib.nullcontext()
 
 
 class Instrumentation:
-    def __init__(self, cfg, ctx: DistContext, run_dir: Path, log: Optional[logging.Logger] = None):
+    def __init__(self, cfg, ctx: DistContext, run_dir: Path, log: Optional[logging.Logger] = None, clock=None):
+        """clock: the device clock CUDA events are read through (None: the real one; tests pass a
+        simulated GPU, tests/fake_cuda.py)."""
         self.ctx = ctx
         self.log = log or logging.getLogger("gptdist")
         self.enabled = cfg.instrument.enabled
@@ -60,20 +63,25 @@ class Instrumentation:
         if self.enabled:
             self.rank_dir.mkdir(parents=True, exist_ok=True)
         if self.enabled and cfg.instrument.collectives:
-            self.recorder: Any = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size, self.rank_dir / "collectives.jsonl")
+            self.recorder: Any = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size, self.rank_dir / "collectives.jsonl",
+                                                     clock=clock)
         else:
             self.recorder = NullRecorder()
-        self.timer = StepTimer(ctx.device)
+        self.timer = StepTimer(ctx.device, clock)
+        self.step = 0  # the optimizer step being measured (set by begin_step)
         self.telemetry = Telemetry(ctx.device) if self.enabled else None
         self._steps_file = open(self.rank_dir / "steps.jsonl", "a", buffering=1 << 16) if self.enabled else None
         self.rows: list[dict[str, Any]] = []  # per-step values kept for the summary
+        # Arrival and end of every collective (gathered at the end for the wait/transfer split; arrival.py).
+        # Capped: a long run keeps its last 20,000 collectives.
+        self.arrivals: collections.deque = collections.deque(maxlen=20_000)
 
         # Clock sync: every rank leaves this barrier at (nearly) the same moment; the merged trace
         # aligns the ranks' clocks on it and collectives.jsonl times count from it.
         if ctx.has_group and ctx.world_size > 1:
             with self.recorder.timed("barrier", label="clock_sync", nbytes=0):
                 dist.barrier()
-        self.sync_s = time.perf_counter()
+        self.sync_s = self.timer.now()
         if self.recorder.enabled:
             self.recorder.t0 = self.sync_s
 
@@ -92,6 +100,7 @@ class Instrumentation:
 
     # --- per step ------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
+        self.step = step
         if not self._timing:
             return
         self.recorder.set_step(step)
@@ -107,21 +116,23 @@ class Instrumentation:
         """The step's breakdown (namespaced keys); call after the step's final synchronize."""
         if not self._timing:
             return {}
+        start, end, phases = self.timer.end()  # first: on CUDA it sets the reference for mapping events
         records = self.recorder.collect(self.timer.cuda_ref)
-        start, end, phases = self.timer.end()
         if self.profiler is not None:
             self._recent.append(records)
+        if self.recorder.enabled:
+            self.arrivals.extend(arrival.arrivals(records, self.recorder.t0))
         if not self.enabled:
             return {}
         values: dict[str, Any] = {}
         for name, s, e in phases:
             values[f"time/{name}_ms"] = values.get(f"time/{name}_ms", 0.0) + (e - s) * 1e3
         compute_phases = [(name, s, e) for name, s, e in phases if name in COMPUTE_PHASES]
-        grads_done = self.recorder.take_last_grad_ready()
-        if grads_done is not None and not self.recorder.cuda:
+        grads_done = self.recorder.take_last_grad_ready(self.timer.cuda_ref)
+        if grads_done is not None:
             # DDP waits for its last bucket inside backward: after this rank's last gradient was computed,
-            # backward only waited. (Host clock: on CUDA autograd's thread runs ahead of the GPU, so the
-            # cut is made on the CPU only.)
+            # backward only waited. (On CUDA grads_done is a CUDA event's time: when the GPU computed the
+            # last gradient, not when autograd's thread, running ahead, called the hook.)
             compute_phases = [(n, s, min(e, grads_done)) if n == "backward" and s < grads_done < e else (n, s, e)
                               for n, s, e in compute_phases]
         compute = subtract([(s, e) for _, s, e in compute_phases], blocking_intervals(records))
@@ -136,8 +147,11 @@ class Instrumentation:
             "comm/count": len(records),
             "comm/bytes": sum(r.bytes for r in records),
         })
+        untimed = sum(1 for r in records if r.end_s is None)
+        if untimed:  # CUDA with NCCL timing off: counted, not timed (recorder.py says why, once)
+            values["comm/untimed"] = untimed
         values.update(self.telemetry.sample())
-        step = self.recorder.step if self.recorder.enabled else len(self.rows) + 1
+        step = self.step
         self.rows.append({"step": step, "step_ms": step_ms, "compute_ms": values["time/compute_ms"],
                           "comm_ms": values["comm/total_ms"], "exposed_ms": values["comm/exposed_ms"],
                           "overlap": values["comm/overlap"]})
@@ -146,12 +160,12 @@ class Instrumentation:
         # ddp: the reducer handed it to the comm hook).
         timeline = {
             "phases": [[name, round((s - start) * 1e3, 4), round((e - start) * 1e3, 4)] for name, s, e in phases],
-            "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks()],
+            "marks": [[name, index, nbytes, round((t - start) * 1e3, 4)] for name, index, nbytes, t in self.recorder.take_marks(self.timer.cuda_ref)],
         }
         # When the step ended, as Unix time: the interval between two steps' ends is the step period, what
         # throughput sees (it includes the work between steps, and it does not depend on where a rank's
         # step boundary fell; gptdist/scaling.py).
-        end_unix_s = time.time() - (time.perf_counter() - end)
+        end_unix_s = time.time() - (self.timer.now() - end)
         self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms,
                                            "end_unix_s": round(end_unix_s, 6), **values, "timeline": timeline}) + "\n")
         return values
@@ -173,14 +187,30 @@ class Instrumentation:
                 self._merge_traces()
         if self.enabled:
             rows_by_rank = {self.ctx.rank: self.rows}
+            arrivals_by_rank = {self.ctx.rank: list(self.arrivals)}
             if self.ctx.has_group and self.ctx.world_size > 1:
                 gathered: list[Any] = [None] * self.ctx.world_size
-                dist.all_gather_object(gathered, (self.ctx.rank, self.rows))
-                rows_by_rank = dict(gathered)
+                dist.all_gather_object(gathered, (self.ctx.rank, self.rows, list(self.arrivals)))
+                rows_by_rank = {rank: rows for rank, rows, _ in gathered}
+                arrivals_by_rank = {rank: arrivals for rank, _, arrivals in gathered}
             if self.ctx.is_main:
+                self._add_wait_transfer(rows_by_rank, arrivals_by_rank)
                 result = summarize(rows_by_rank, self.skip)
+                result["clock_sync"] = ("ranks' clocks aligned at the start-up barrier's exit (offset taken as 0 "
+                                        "there; error = the barrier's exit skew); see instrument/arrival.py")
                 self.log.info("step time breakdown (ms; median / p95 over steps):\n" + format_table(result))
         return result
+
+    def _add_wait_transfer(self, rows_by_rank, arrivals_by_rank) -> None:
+        """Per step and rank: wait_ms (for the last rank to arrive) and transfer_ms (after it), summed over
+        the step's collectives; one line per collective in collectives_split.jsonl (rank 0's run folder)."""
+        split = arrival.split(arrivals_by_rank)
+        totals = arrival.per_step_totals(split)
+        for rank, rows in rows_by_rank.items():
+            for row in rows:
+                row["wait_ms"], row["transfer_ms"] = totals.get(rank, {}).get(row["step"], (None, None))
+        with open(self.rank_dir.parent.parent / "collectives_split.jsonl", "w") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in split))
 
     def _merge_traces(self) -> None:
         paths = {r: self.trace_dir / f"rank{r}.json" for r in range(self.ctx.world_size)}

@@ -12,7 +12,9 @@ from typing import Any, Optional, Sequence
 
 # (row key, column title): the per-step values each rank keeps for the summary
 COLUMNS = [("step_ms", "step ms"), ("compute_ms", "compute ms"), ("comm_ms", "comm ms"),
-           ("exposed_ms", "exposed ms"), ("overlap", "overlap")]
+           ("exposed_ms", "exposed ms"), ("overlap", "overlap"),
+           # collective time waiting for the last rank to arrive / moving data after (instrument/arrival.py)
+           ("wait_ms", "wait ms"), ("transfer_ms", "transfer ms")]
 
 
 def percentile(values: Sequence[float], q: float) -> Optional[float]:

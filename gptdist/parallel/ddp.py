@@ -44,7 +44,7 @@ def timed_allreduce_hook(state, bucket):
     recorder.mark("bucket_ready", bucket.index(), buffer.numel() * buffer.element_size())
     buffer.div_(group.size())  # divide first, as DDP does (keeps fp16 sums in range)
     work = dist.all_reduce(buffer, group=group, async_op=True)
-    recorder.track("all_reduce", buffer, f"bucket={bucket.index()}", work, group_size=group.size())
+    recorder.track("all_reduce", buffer, f"bucket={bucket.index()}", work, group_size=group.size(), group=group)
     return work.get_future().then(lambda fut: fut.value()[0])
 
 

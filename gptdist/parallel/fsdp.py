@@ -28,8 +28,12 @@ object per group (`set_custom_all_gather` / `set_custom_reduce_scatter`, public 
 recorder each group gets `TimedAllGather` / `TimedReduceScatter`: subclasses of FSDP's own defaults
 that make the very same `dist` call and report it, labelled with the group's module. They stay
 instances of the defaults, so FSDP treats them exactly like its own (it checks with isinstance).
-FSDP calls them with its all-gather / reduce-scatter stream current on CUDA, so their CUDA events are
-recorded on the stream that runs the collective.
+On CUDA, FSDP issues them with async_op=False from its own all-gather / reduce-scatter streams
+(torch 2.13 _fsdp_collectives.py): the host does not block, the FSDP stream waits. So on CUDA the
+timed comm issues the same call with async_op=True, records the Work as non-blocking (NCCL's own
+duration, placed after an event on FSDP's stream), and then does what the synchronous call does with
+its Work: `work.wait()`, a stream wait. On CPU/gloo the synchronous call blocks the host: recorded as
+blocking.
 
 `module` is the GPT itself (fully_shard works in place), so `raw_model.generate` still works, as
 long as every rank calls it together (each forward all-gathers parameters).
@@ -64,6 +68,15 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _wait_on_stream(work) -> None:
+    """What `dist.*(async_op=False)` does with its Work (distributed_c10d.py, torch 2.13): `work.wait()`.
+    On NCCL that makes the *current* stream (FSDP's all-gather or reduce-scatter stream) wait for the
+    collective; the host does not block. Returns None, as the synchronous call does: FSDP reads a None
+    Work as "synchronous" (_fsdp_param_group.py: `async_op = all_gather_work is not None`)."""
+    work.wait()
+    return None
+
+
 class TimedAllGather(DefaultAllGather):
     """FSDP's default all-gather, recorded. Size = the whole gathered output (nccl-tests)."""
 
@@ -72,10 +85,11 @@ class TimedAllGather(DefaultAllGather):
         self.recorder, self.label = recorder, label
 
     def __call__(self, output_tensor, input_tensor, group, async_op: bool = False):
-        if async_op:
+        if async_op or self.recorder.cuda:
             work = super().__call__(output_tensor, input_tensor, group, async_op=True)
-            return self.recorder.track("all_gather", output_tensor, self.label, work, _nbytes(output_tensor), group.size())
-        with self.recorder.timed("all_gather", output_tensor, self.label, _nbytes(output_tensor), group.size()):
+            self.recorder.track("all_gather", output_tensor, self.label, work, _nbytes(output_tensor), group.size(), group)
+            return work if async_op else _wait_on_stream(work)
+        with self.recorder.timed("all_gather", output_tensor, self.label, _nbytes(output_tensor), group.size(), group):
             return super().__call__(output_tensor, input_tensor, group, async_op=False)
 
 
@@ -87,10 +101,11 @@ class TimedReduceScatter(DefaultReduceScatter):
         self.recorder, self.label = recorder, label
 
     def __call__(self, output_tensor, input_tensor, group, op, async_op: bool = False):
-        if async_op:
+        if async_op or self.recorder.cuda:
             work = super().__call__(output_tensor, input_tensor, group, op, async_op=True)
-            return self.recorder.track("reduce_scatter", input_tensor, self.label, work, _nbytes(input_tensor), group.size())
-        with self.recorder.timed("reduce_scatter", input_tensor, self.label, _nbytes(input_tensor), group.size()):
+            self.recorder.track("reduce_scatter", input_tensor, self.label, work, _nbytes(input_tensor), group.size(), group)
+            return work if async_op else _wait_on_stream(work)
+        with self.recorder.timed("reduce_scatter", input_tensor, self.label, _nbytes(input_tensor), group.size(), group):
             return super().__call__(output_tensor, input_tensor, group, op, async_op=False)
 
 
