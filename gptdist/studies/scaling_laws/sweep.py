@@ -38,7 +38,7 @@ def train_tokens(spec: SweepSpec) -> int:
     vocab = manifest.get("tokenizer", {}).get("vocab_size")
     if vocab is not None and vocab > spec.vocab_size:
         raise SweepError(f"the data in {spec.data_dir} has a {vocab}-token vocabulary but vocab_size is {spec.vocab_size}")
-    return int(manifest["total_tokens"]["train"])
+    return sum(int(e["tokens"]) for e in manifest["shards"] if e.get("split") == "train")
 
 
 def checked_plan(spec: SweepSpec) -> tuple[list[PlannedRun], list[str]]:
@@ -90,7 +90,7 @@ def _launch(cmd: list[str], folder: Path, on_steps: Callable[[int], None]) -> tu
     folder.parent.mkdir(parents=True, exist_ok=True)
     log_path = folder.parent / f"{folder.name}.stderr"
     with open(log_path, "w") as err, open(os.devnull, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)  # this cwd: relative paths in the spec hold
         while True:
             try:
                 code = proc.wait(timeout=2.0)
