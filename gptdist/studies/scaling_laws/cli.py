@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("spec", help="sweep YAML, e.g. configs/scaling_laws/cpu_fineweb.yaml")
         s.add_argument("--out", required=True, help="sweep folder (run folders, results.json)")
+        if name == "plan":
+            s.add_argument("--skip-data-check", action="store_true", help="plan without the data set (e.g. for a GPU recipe)")
         if name == "run":
             s.add_argument("--no-progress", action="store_true")
             s.add_argument("--no-report", action="store_true")
@@ -49,18 +51,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"wrote {args.out}: vocabulary {args.keep}, share of tokens mapped to the rare id: {rare}")
         return
     if args.command in ("plan", "run"):
-        from gptdist.studies.scaling_laws.plan import load_spec
+        from gptdist.studies.scaling_laws.plan import load_spec, plan_runs
         from gptdist.studies.scaling_laws.sweep import checked_plan, run_sweep
 
         spec = load_spec(args.spec)
-        runs, notes = checked_plan(spec)
+        runs, notes = plan_runs(spec) if getattr(args, "skip_data_check", False) else checked_plan(spec)
         if args.command == "plan":
             for r in runs:
                 print(f"{r.name:28s} N={r.params:>10,} F/token={r.flops_per_token:>10,} steps={r.steps:>6} "
                       f"D={r.tokens:>11,} C={r.flops:.3e}")
             for n in notes:
                 print(n)
-            print(f"{len(runs)} runs, {sum(r.flops for r in runs):.3e} FLOPs in all")
+            print(f"{len(runs)} runs, {sum(r.flops for r in runs):.3e} FLOPs in all"
+                  + (" (data set not checked)" if getattr(args, "skip_data_check", False) else ""))
             return
         records = run_sweep(spec, args.out, progress=not args.no_progress)
         failed = [r["name"] for r in records if r["status"] != "done"]
