@@ -87,7 +87,8 @@ def plot_optimal(result: dict, to: Path) -> Optional[str]:
         ax.set_xlabel("compute C (FLOPs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, to, "optimal")
 
@@ -124,6 +125,15 @@ def plot_loss_vs_compute(records: list[dict], result: dict, to: Path) -> str:
 def _ci(result_part: dict, key: str) -> str:
     ci = (result_part.get("bootstrap") or {}).get("ci95", {}).get(key)
     return f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+
+
+def _unconstrained(part: dict) -> list[str]:
+    """Parameters whose 95% bootstrap interval spans more than a factor of 10 (or crosses zero)."""
+    out = []
+    for key, ci in ((part.get("bootstrap") or {}).get("ci95") or {}).items():
+        if key in ("E", "A", "B", "alpha", "beta", "a", "b") and ci and (ci[0] <= 0 or ci[1] / ci[0] > 10):
+            out.append(key)
+    return out
 
 
 def markdown(spec_name: str, records: list[dict], result: dict, figures: list[str]) -> str:
@@ -164,9 +174,17 @@ def markdown(spec_name: str, records: list[dict], result: dict, figures: list[st
         lines.append("| **this sweep (parametric)** | " + " | ".join(cells) + " |")
     if laws:
         lines.append(f"| **this sweep (IsoFLOP)** | | | | | | {laws['a']:.3f}{_ci(iso, 'a')} | {laws['b']:.3f}{_ci(iso, 'b')} |")
+    loose = _unconstrained(par)
+    if loose:
+        lines_note = ("The bootstrap intervals of " + ", ".join(loose) + " span more than a factor of 10: these runs do "
+                      "not pin those parameters down, and the frontier the fit implies should not be read.")
+    else:
+        lines_note = ""
     for name, values in fits.PUBLISHED.items():
         lines.append(f"| {name} | " + " | ".join(f"{values[k]:g}" if k in values else "" for k in
                                                 ("E", "A", "B", "alpha", "beta", "a", "b")) + " |")
+    if lines_note:
+        lines += ["", lines_note]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
