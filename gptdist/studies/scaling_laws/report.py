@@ -56,18 +56,22 @@ def plot_isoflop(records: list[dict], result: dict, to: Path) -> str:
     return _save(fig, to, "isoflop")
 
 
-def plot_optimal(result: dict, to: Path) -> Optional[str]:
-    parabolas = result["isoflop"]["parabolas"]
-    params = result["parametric"].get("params")
-    if not parabolas and not params:
-        return None
+def plot_optimal(records: list[dict], result: dict, to: Path) -> str:
+    """N_opt and D_opt against C: IsoFLOP minima and their power law, the lowest-loss run of each budget
+    (an upper bound on N_opt when the minimum is at the smallest size), the parametric frontier when the
+    bootstrap constrains it, and Chinchilla's rule of thumb (D = 20 N, so N = sqrt(C / 120))."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    c_points = np.array([p["flops"] for p in parabolas])
-    c_all = np.array([c for c in (result.get("flops_range") or [])] or c_points)
-    c_line = np.geomspace(c_all.min() / 2, c_all.max() * 2, 50) if len(c_all) else np.array([])
-    for ax, key, label in ((axes[0], "n_opt", "N_opt"), (axes[1], "d_opt", "D_opt")):
+    done = [r for r in records if r["status"] == "done" and r.get("val_loss") is not None]
+    parabolas = result["isoflop"]["parabolas"]
+    params = result["parametric"].get("params")
+    c_line = np.geomspace(min(r["flops"] for r in records) / 1.5, max(r["flops"] for r in records) * 1.5, 50)
+    best = [min((r for r in done if r["budget"] == b), key=lambda r: r["val_loss"]) for b in sorted({r["budget"] for r in done})]
+    for ax, key, run_key, label in ((axes[0], "n_opt", "params", "N_opt"), (axes[1], "d_opt", "tokens", "D_opt")):
+        ax.plot([r["flops"] for r in best], [r[run_key] for r in best], "s", mfc="none", color="k",
+                label="lowest-loss run of each budget")
         if parabolas:
+            c_points = np.array([p["flops"] for p in parabolas])
             y = np.array([p[key] for p in parabolas])
             ax.plot(c_points, y, "o", color="C0", label=f"{label}, IsoFLOP minima")
             laws = result["isoflop"]["power_laws"]
@@ -78,7 +82,9 @@ def plot_optimal(result: dict, to: Path) -> Optional[str]:
             for (name, exp_n), style in zip((("Chinchilla", 0.50), ("Kaplan", 0.73)), ("--", ":")):
                 exp = exp_n if key == "n_opt" else 1 - exp_n
                 ax.plot(c_line, y[0] * (c_line / c_points[0]) ** exp, style, color="gray", label=f"{name} slope C^{exp:.2f}")
-        if params and "G" in params and len(c_line):
+        rule_n = np.sqrt(c_line / 120)
+        ax.plot(c_line, rule_n if key == "n_opt" else 20 * rule_n, "--", color="C2", label="Chinchilla rule D = 20N")
+        if params and "G" in params and not _unconstrained(result["parametric"]):
             n_opt, d_opt = fits.frontier(params, c_line)
             ax.plot(c_line, n_opt if key == "n_opt" else d_opt, "-", color="C3",
                     label=f"parametric fit (C=6ND): C^{params['a' if key == 'n_opt' else 'b']:.2f}")
@@ -87,8 +93,7 @@ def plot_optimal(result: dict, to: Path) -> Optional[str]:
         ax.set_xlabel("compute C (FLOPs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, to, "optimal")
 
@@ -108,7 +113,7 @@ def plot_loss_vs_compute(records: list[dict], result: dict, to: Path) -> str:
         ax.plot([p["flops"] for p in parabolas], [p["loss_min"] for p in parabolas], "*", ms=13, color="k",
                 label="IsoFLOP minima")
     params = result["parametric"].get("params")
-    if params and "G" in params:
+    if params and "G" in params and not _unconstrained(result["parametric"]):
         c = np.geomspace(min(r["flops"] for r in records), max(r["flops"] for r in records), 50)
         n, d = fits.frontier(params, c)
         ax.plot(c, fits.parametric_loss(params, n, d), "--", color="C3", label="parametric frontier (C=6ND)")
@@ -206,9 +211,7 @@ def write_report(sweep_dir: str | Path, to: Optional[str | Path] = None, bootstr
             if (sweep_dir / name).is_file():
                 shutil.copy(sweep_dir / name, to / name)
     figures = [plot_isoflop(records, result, to), plot_loss_vs_compute(records, result, to)]
-    optimal = plot_optimal(result, to)
-    if optimal:
-        figures.append(optimal)
+    figures.append(plot_optimal(records, result, to))
     finished = [sweep_dir / "runs" / r["name"] for r in records if r["status"] == "done"]
     if finished:
         largest = max(r["budget"] for r in records)
