@@ -141,11 +141,31 @@ def _unconstrained(part: dict) -> list[str]:
     return out
 
 
-def markdown(spec_name: str, records: list[dict], result: dict, figures: list[str]) -> str:
+def unigram_baseline(sweep_dir: Path, records: list[dict]) -> Optional[float]:
+    """The unigram loss of the sweep's data (read from a run's config.yaml), or None if it can't be read."""
+    import yaml
+
+    from gptdist.errors import DataError
+    from gptdist.studies.scaling_laws.vocab import unigram_loss
+
+    for r in records:
+        config = sweep_dir / "runs" / r["name"] / "config.yaml"
+        if config.is_file():
+            try:
+                return unigram_loss(yaml.safe_load(config.read_text())["data"]["dir"])
+            except (DataError, OSError, KeyError):
+                return None
+    return None
+
+
+def markdown(spec_name: str, records: list[dict], result: dict, figures: list[str], unigram: Optional[float] = None) -> str:
     iso, par = result["isoflop"], result["parametric"]
     lines = [f"# Scaling-law sweep `{spec_name}`", "",
              f"{result['runs_used']} runs used; missing (failed or unfinished): "
              f"{', '.join(result['runs_missing']) or 'none'}.", "",
+             *([f"Yardsticks: a uniform guess over the vocabulary scores ln V; knowing only token frequencies "
+                f"(the train split's unigram distribution) scores **{unigram:.4f}** on the val split.", ""]
+               if unigram is not None else []),
              "| run | N | D (tokens) | C (FLOPs) | steps | final val loss | final train loss | status |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
@@ -220,5 +240,8 @@ def write_report(sweep_dir: str | Path, to: Optional[str | Path] = None, bootstr
                   title=f"Runs at the largest budget, C = {largest:.1e}")
         figures.append("loss_curves.png")
     path = to / "report.md"
-    path.write_text(markdown(results.get("spec", ""), records, result, figures))
+    unigram = unigram_baseline(sweep_dir, records)
+    result["unigram_val_loss"] = unigram
+    (to / "fits.json").write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(markdown(results.get("spec", ""), records, result, figures, unigram))
     return path

@@ -68,3 +68,16 @@ def truncate_vocabulary(source_dir: str | Path, out_dir: str | Path, keep: int, 
     }
     (out_dir / MANIFEST).write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def unigram_loss(data_dir: str | Path) -> float:
+    """Cross-entropy (nats/token) of the val split under the train split's token frequencies: the loss of a
+    model that has learnt only which tokens are common, a yardstick for tiny runs."""
+    manifest = load_manifest(data_dir)
+    vocab = int(manifest.get("tokenizer", {}).get("vocab_size", 50257))
+    counts = {split: np.zeros(vocab, dtype=np.int64) for split in ("train", "val")}
+    for e in manifest["shards"]:
+        if e["split"] in counts:
+            counts[e["split"]] += np.bincount(np.asarray(open_shard(Path(data_dir) / e["file"]), dtype=np.int64), minlength=vocab)[:vocab]
+    train = (counts["train"] + 1) / (counts["train"].sum() + vocab)  # add-one: a val-only id has finite loss
+    return float(-(counts["val"] * np.log(train)).sum() / counts["val"].sum())
