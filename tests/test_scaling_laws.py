@@ -172,3 +172,30 @@ def test_resumed_sweep_retrains_nothing(tmp_path):
     launches = [json.loads(line)["run"] for line in (out / "sweep_log.jsonl").read_text().splitlines()]
     assert launches == [records[0]["name"], records[1]["name"]]
     assert records[1]["steps"] == 35 and records[1]["val_loss"] is not None
+
+
+def _tiny_dataset(folder: Path, train: list[int], val: list[int], vocab: int) -> Path:
+    from gptdist.data.shards import write_shard
+
+    folder.mkdir(parents=True)
+    entries = [{"file": f"{s}_000000.bin", "split": s, "tokens": len(t), "sha256": write_shard(folder / f"{s}_000000.bin", t)}
+               for s, t in (("val", val), ("train", train))]
+    (folder / "manifest.json").write_text(json.dumps({"shards": entries, "tokenizer": {"name": "t", "vocab_size": vocab}}))
+    return folder
+
+
+def test_truncate_vocabulary_and_unigram_yardstick(tmp_path):
+    from gptdist.data.loader import TokenLoader
+    from gptdist.studies.scaling_laws.vocab import truncate_vocabulary, unigram_loss
+
+    source = _tiny_dataset(tmp_path / "src", train=[4, 4, 4, 6, 6, 1] * 10, val=[6, 4, 2, 1], vocab=8)
+    manifest = truncate_vocabulary(source, tmp_path / "cut", keep=3)
+    # Ranked on train: 4 (30) -> 0, 6 (20) -> 1, everything else -> the rare id 2.
+    val = np.fromfile(tmp_path / "cut" / "val_000000.bin", dtype="<u2", offset=1024)
+    assert val.tolist() == [1, 0, 2, 2] and manifest["tokenizer"]["vocab_size"] == 3
+    assert manifest["tokenizer"]["kept_source_ids"] == [4, 6]
+    TokenLoader(tmp_path / "cut", "train", 1, 4, vocab_size=3)  # the loader accepts it at the cut vocabulary
+    # Unigram loss with add-one counts: train (3 ids) is [0]*30 + [1]*20 + [2]*10 -> p = 31/63, 21/63, 11/63;
+    # val [1, 0, 2, 2] -> -(ln 21/63 + ln 31/63 + 2 ln 11/63) / 4.
+    expected = -(math.log(21 / 63) + math.log(31 / 63) + 2 * math.log(11 / 63)) / 4
+    assert unigram_loss(tmp_path / "cut") == pytest.approx(expected, rel=1e-12)
