@@ -1,0 +1,160 @@
+"""Run a sweep plan: every run is an ordinary `launch/train.py` process (torchrun when world_size > 1)
+with its own run folder under <out>/runs/<name>.
+
+Resumable: a run whose summary.json says it reached its planned steps is skipped; any other run is
+launched with `--checkpoint.resume=auto`, so an interrupted one continues from its last checkpoint.
+One tqdm bar counts FLOPs (done runs count at once; a running run advances as its metrics.jsonl grows),
+so its ETA weighs big runs properly. A failed run is reported by name and the sweep goes on.
+
+<out>/plan.json       the plan (what each run is)
+<out>/results.json    one record per planned run: status, final losses, wall time
+<out>/sweep_log.jsonl one line per launch (start, end, return code)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from gptdist.data.loader import load_manifest
+from gptdist.errors import DataError
+from gptdist.jsonl import read_jsonl
+from gptdist.studies.scaling_laws.plan import PlannedRun, SweepError, SweepSpec, plan_runs, train_args
+
+REPO = Path(__file__).resolve().parents[3]
+TRAIN_SCRIPT = REPO / "launch" / "train.py"
+
+
+def train_tokens(spec: SweepSpec) -> int:
+    try:
+        manifest = load_manifest(spec.data_dir)
+    except DataError as e:
+        raise SweepError(str(e)) from None
+    vocab = manifest.get("tokenizer", {}).get("vocab_size")
+    if vocab is not None and vocab > spec.vocab_size:
+        raise SweepError(f"the data in {spec.data_dir} has a {vocab}-token vocabulary but vocab_size is {spec.vocab_size}")
+    return sum(int(e["tokens"]) for e in manifest["shards"] if e.get("split") == "train")
+
+
+def checked_plan(spec: SweepSpec) -> tuple[list[PlannedRun], list[str]]:
+    """The plan, with every check (including the data set's size) done: call before anything runs."""
+    return plan_runs(spec, train_tokens(spec))
+
+
+def run_dir(out_dir: Path, run: PlannedRun) -> Path:
+    return Path(out_dir) / "runs" / run.name
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """What a run folder says: steps done, last train loss, final val loss, summed step time."""
+    out: dict[str, Any] = {"steps": 0, "train_loss": None, "val_loss": None, "train_ms": 0.0}
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file():
+        for _, rec in read_jsonl(metrics):
+            if rec.get("kind") == "train":
+                out["steps"] = rec["step"]
+                out["train_loss"] = rec.get("loss")
+                out["train_ms"] += rec.get("step_ms", 0.0)
+            elif rec.get("kind") == "val":
+                out["val_loss"] = rec.get("loss")
+                out["val_step"] = rec["step"]
+    summary = folder / "summary.json"
+    out["finished"] = summary.is_file() and json.loads(summary.read_text()).get("steps") is not None
+    if out["finished"]:
+        out["finished_steps"] = json.loads(summary.read_text())["steps"]
+    return out
+
+
+def is_done(out_dir: Path, run: PlannedRun) -> bool:
+    state = read_run(run_dir(out_dir, run))
+    return bool(state["finished"]) and state.get("finished_steps") == run.steps and state.get("val_step") == run.steps
+
+
+def command(spec: SweepSpec, run: PlannedRun, out_dir: Path) -> list[str]:
+    args = [str(TRAIN_SCRIPT), *train_args(spec, run, out_dir)]
+    if spec.world_size > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.world_size}", *args]
+    return [sys.executable, *args]
+
+
+def _launch(cmd: list[str], folder: Path, on_steps: Callable[[int], None]) -> tuple[int, str]:
+    """Run one training process; call on_steps(steps done) while it runs. Returns (code, last stderr lines)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log_path = folder.parent / f"{folder.name}.stderr"
+    with open(log_path, "w") as err, open(os.devnull, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)  # this cwd: relative paths in the spec hold
+        while True:
+            try:
+                code = proc.wait(timeout=2.0)
+                break
+            except subprocess.TimeoutExpired:
+                on_steps(read_run(folder)["steps"])
+        on_steps(read_run(folder)["steps"])
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    return code, lines[-1] if lines else ""
+
+
+def record(out_dir: Path, run: PlannedRun, status: str, error: str = "") -> dict[str, Any]:
+    state = read_run(run_dir(out_dir, run))
+    return {**run.to_dict(), "status": status, "error": error, "val_loss": state["val_loss"],
+            "train_loss": state["train_loss"], "train_s": state["train_ms"] / 1e3}
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | Path, progress: bool = True,
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict[str, Any]]:
+    """Run every planned run not yet done; return one record per run (status done/failed)."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    runs, notes = checked_plan(spec)  # raises before anything runs
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plan.json").write_text(json.dumps({"runs": [r.to_dict() for r in runs], "left_out": notes}, indent=1))
+    for note in notes:
+        log(note)
+    results_path = out_dir / "results.json"
+    previous = json.loads(results_path.read_text())["runs"] if results_path.is_file() else []
+    records = {rec["name"]: rec for rec in previous}
+    total = sum(r.flops for r in runs)
+    bar = tqdm(total=total, unit="FLOP", unit_scale=True, disable=not progress, desc=spec.name, dynamic_ncols=True)
+    try:
+        for run in runs:
+            if is_done(out_dir, run):
+                bar.update(run.flops)
+                records[run.name] = {**record(out_dir, run, "done"), "wall_s": records.get(run.name, {}).get("wall_s")}
+                continue
+            per_step = run.flops / run.steps
+            counted = [0]
+
+            def on_steps(steps: int, run=run, per_step=per_step, counted=counted) -> None:
+                steps = min(steps, run.steps)
+                bar.update((steps - counted[0]) * per_step)
+                counted[0] = steps
+
+            bar.set_postfix_str(run.name)
+            t0 = time.time()
+            code, last_line = _launch(command(spec, run, out_dir), run_dir(out_dir, run), on_steps)
+            wall = time.time() - t0
+            with open(out_dir / "sweep_log.jsonl", "a") as f:
+                f.write(json.dumps({"run": run.name, "start": t0, "wall_s": wall, "returncode": code}) + "\n")
+            done = code == 0 and is_done(out_dir, run)
+            if not done:
+                log(f"run {run.name} failed (exit {code}): {last_line}")
+                bar.update(run.flops - counted[0] * per_step)  # the bar still reaches the end
+            prior_wall = records.get(run.name, {}).get("wall_s") or 0.0
+            records[run.name] = {**record(out_dir, run, "done" if done else "failed", "" if done else last_line),
+                                 "wall_s": prior_wall + wall}
+            results_path.write_text(json.dumps({"spec": spec.name, "runs": [records[r.name] for r in runs if r.name in records]},
+                                               indent=1))
+    finally:
+        bar.close()
+    ordered = [records[r.name] for r in runs]
+    results_path.write_text(json.dumps({"spec": spec.name, "runs": ordered}, indent=1))
+    return ordered
