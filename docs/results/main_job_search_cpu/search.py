@@ -6,11 +6,13 @@ Three steps, run from the repository root (data prepared first into data/tinysha
   python docs/results/main_job_search_cpu/search.py train --threads 1 --jobs 2      # -> runs.json
   python docs/results/main_job_search_cpu/search.py plot                              # -> curves.png
 
-`time` runs every candidate for a few steps, interleaved over rounds, at the thread count of the budget,
-and measures each candidate as a ratio to the baseline run in the same round (load slows both alike), and
-the baseline by its least-loaded round, the best estimate of the idle machine. `train` gives each candidate the number of steps that the
-estimate says fits the budget, then trains it to the end. Loss depends only on the step count, not on how
-fast the steps ran, so the training runs may share the machine at any thread count.
+`time` runs every candidate for a few steps, interleaved over rounds, at the thread count of the budget.
+Load slows every run of a round alike, so each candidate is measured as a ratio to the baseline's run in
+the same round (median over rounds), and the baseline by its least-loaded round, the best estimate of the
+idle machine. The budget's steps follow: (300 s - fixed start-up/sample cost - modelled validation cost)
+/ step time. `train` gives each candidate that many steps (or `--steps NAME=N,...` chosen by hand) and trains
+it to the end. Loss depends only on the step count, not on how fast the steps ran, so the training runs may
+share the machine at any thread count.
 """
 
 from __future__ import annotations
