@@ -37,15 +37,17 @@ SKIP = [
      "minutes of interleaved rounds and torch.compile on a CPU; tests/test_ladder.py runs the ladder"),
 ]
 
-# Words appended to a command running SCRIPT so that it finishes in seconds (argparse and the config
-# overrides both let the last occurrence win).
+# Words appended to a command that runs SCRIPT (a word equal to the key) so that it finishes in seconds
+# (argparse and the config overrides both let the last occurrence win).
 SHORTEN = {
     "launch/train.py": ["--train.max_steps=3", "--eval.val_every=3", "--eval.val_batches=1", "--eval.sample_tokens=8"],
     "launch/evaluate.py": ["--limit", "2", "--val-batches", "1"],
     "launch/sample.py": ["--max-new-tokens", "5"],
     "launch/scaling.py": ["--backends", "manual", "--world-sizes", "1,2", "--steps", "3", "--warmup", "1"],
-    "comm_bench/": ["-b", "1K", "-e", "4K", "-w", "1", "-n", "2"],
 }
+COMM_BENCH_SWEEP = ["-b", "1K", "-e", "4K", "-w", "1", "-n", "2"]
+SHORTEN.update({f"comm_bench/{name}.py": COMM_BENCH_SWEEP
+                for name in ("allreduce", "allgather", "reducescatter", "broadcast", "alltoall")})
 PROFILED_TRAIN = ["--train.max_steps=6"]  # the profiler's schedule (wait 1, warmup 1, active 3) needs 5 steps
 
 # What the scratch folder links back to, so relative paths in the commands work as in a checkout.
@@ -98,9 +100,9 @@ def runnable(words: list[str]) -> list[str]:
         raise AssertionError(f"README command {shlex.join(words)!r}: neither python nor torchrun; add a SKIP rule "
                              "with a reason, or teach this test to run it")
     for script, extra in SHORTEN.items():
-        if any(w.startswith(script) for w in words):
+        if script in words:
             argv += extra
-    if any(w.startswith("launch/train.py") for w in words) and "--profile.enabled=true" in words:
+    if "launch/train.py" in words and "--profile.enabled=true" in words:
         argv += PROFILED_TRAIN
     return argv
 
@@ -144,12 +146,16 @@ pip install "torch==2.13.0" -e ".[dev]"
     assert skip_reason(["pip", "install", "x"]).startswith("installs packages")
     assert skip_reason(["torchrun", "--nnodes", "2", "train.py"]).startswith("multi-node")
     assert skip_reason(["python", "launch/train.py", "--config", "configs/shakespeare_cpu.yaml"]) == ""
+    # short-run words go to the script they belong to, and only there
+    assert runnable(["python", "comm_bench/plot.py", "n4", "--out", "plots"])[1:] == ["comm_bench/plot.py", "n4", "--out", "plots"]
+    bench = runnable(["torchrun", "--standalone", "--nproc-per-node", "4", "comm_bench/allreduce.py", "-e", "64M"])
+    assert bench[-8:] == COMM_BENCH_SWEEP and "--standalone" not in bench and bench[bench.index("--nnodes") + 1] == "1"
 
 
 @pytest.mark.slow
 def test_walk_the_readme(tmp_path):
     commands = readme_commands(README.read_text(encoding="utf-8"))
-    main_job = next(i for i, w in enumerate(commands) if any(x.startswith("launch/train.py") for x in w))
+    main_job = next(i for i, w in enumerate(commands) if "launch/train.py" in w)
     assert "configs/shakespeare_cpu.yaml" in commands[main_job], "the first training command should be the main job"
     for name in LINKED:
         (tmp_path / name).symlink_to(REPO / name)
