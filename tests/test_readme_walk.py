@@ -33,6 +33,9 @@ SKIP = [
     (lambda w: "--hf" in w, "Hugging Face GPT-2 weights (network or a populated cache)"),
     (lambda w: any("gpt2_fineweb" in x or "gpt2_shakespeare_gpu" in x for x in w), "GPT-2 124M config: a GPU job"),
     (lambda w: "configs/ladder/default.yaml" in w, "the GPU ladder (GPT-2 124M, B=16, T=1024)"),
+    (lambda w: "launch/scaling.py" in w,
+     "its torchrun jobs run in the repository root (gptdist/scaling.py, cwd=REPO), not in the walk's scratch "
+     "folder; tests/test_scaling.py runs the study"),
     (lambda w: "configs/ladder/cpu_tiny.yaml" in w,
      "minutes of interleaved rounds and torch.compile on a CPU; tests/test_ladder.py runs the ladder"),
 ]
@@ -43,7 +46,6 @@ SHORTEN = {
     "launch/train.py": ["--train.max_steps=3", "--eval.val_every=3", "--eval.val_batches=1", "--eval.sample_tokens=8"],
     "launch/evaluate.py": ["--limit", "2", "--val-batches", "1"],
     "launch/sample.py": ["--max-new-tokens", "5"],
-    "launch/scaling.py": ["--backends", "manual", "--world-sizes", "1,2", "--steps", "3", "--warmup", "1"],
 }
 COMM_BENCH_SWEEP = ["-b", "1K", "-e", "4K", "-w", "1", "-n", "2"]
 SHORTEN.update({f"comm_bench/{name}.py": COMM_BENCH_SWEEP
