@@ -155,7 +155,7 @@ def cmd_plot(a) -> None:
         ax.plot(xs, [v for _, v in r["val"]], marker="o", label=f"{name}: {r['steps']} steps, val {r['final_val']:.2f}")
     ax.set_xlabel("training tokens (thousands)")
     ax.set_ylabel("validation loss (same 8k val tokens)")
-    ax.set_title("Main job candidates, each given ~5 min on 2 idle CPU cores")
+    ax.set_title("Main job candidates: validation loss against training tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(HERE / "curves.png", dpi=120)
