@@ -42,3 +42,17 @@ def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:
     except KeyboardInterrupt:
         exit_now(130)
     exit_now(0)
+
+
+def usage_or_help(argv: list[str], usage: str, reference: Callable[[], str]) -> None:
+    """`-h`/`--help` anywhere: the usage and `reference()` on stdout, exit 0. No arguments at all: the usage on
+    stderr and exit 2, so a bare command never starts a default run. Otherwise return."""
+    if "-h" in argv or "--help" in argv:
+        try:
+            sys.stdout.write(f"{usage}\n\n{reference()}\n")
+        except BrokenPipeError:  # `--help | head`: the reader has all it wanted
+            pass
+        exit_now(0)
+    if not argv:
+        sys.stderr.write(f"{usage}\n")
+        exit_now(EXIT_USER_ERROR)

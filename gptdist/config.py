@@ -25,139 +25,245 @@ from gptdist.errors import ConfigError
 
 @dataclass
 class ModelSection:
-    """The GPT shape. `preset` fills every field left at None (see `gptdist.model.PRESETS`)."""
+    """The GPT shape. `preset` fills every field left at None (see `gptdist.model.PRESETS`).
+
+    Fields:
+        preset: named shape that fills every field left at None (gptdist.model.PRESETS)
+        n_layer: transformer blocks (null = from the preset)
+        n_head: attention heads per block; divides n_embd (null = from the preset)
+        n_embd: width of the residual stream (null = from the preset)
+        block_size: longest sequence the position table holds
+        vocab_size: 50257 for GPT-2; 50304 (a multiple of 64) runs faster on GPUs
+        dropout: dropout probability on attention, residual and embeddings
+        bias: biases in the linear layers and LayerNorms, as GPT-2
+        attention: naive: explicit softmax(QK^T/sqrt(d))V; sdpa: fused kernel
+        activation_checkpointing: recompute each block's activations in backward
+    """
 
     preset: str = "gpt2-tiny"
     n_layer: Optional[int] = None
     n_head: Optional[int] = None
     n_embd: Optional[int] = None
-    block_size: Optional[int] = None  # longest sequence the position table holds
-    vocab_size: Optional[int] = None  # 50257 for GPT-2; 50304 (a multiple of 64) runs faster on GPUs
+    block_size: Optional[int] = None
+    vocab_size: Optional[int] = None
     dropout: float = 0.0
     bias: bool = True
-    attention: Literal["naive", "sdpa"] = "sdpa"  # naive: explicit softmax(QK^T/sqrt(d))V; sdpa: fused kernel
-    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    attention: Literal["naive", "sdpa"] = "sdpa"
+    activation_checkpointing: bool = False
 
 
 @dataclass
 class DataSection:
-    """Where tokens come from and how a rank's micro-batch is shaped."""
+    """Where tokens come from and how a rank's micro-batch is shaped.
 
-    dir: str = "data/tinyshakespeare"  # folder written by launch/prepare_data.py (manifest.json + shards)
-    batch_size: int = 8  # B: sequences per micro-batch per rank
-    seq_len: int = 256  # T: tokens per sequence (<= model.block_size)
+    Fields:
+        dir: folder written by launch/prepare_data.py (manifest.json + shards)
+        batch_size: B: sequences per micro-batch per rank
+        seq_len: T: tokens per sequence (<= model.block_size)
+    """
+
+    dir: str = "data/tinyshakespeare"
+    batch_size: int = 8
+    seq_len: int = 256
 
 
 @dataclass
 class TrainSection:
-    """The optimisation: batch in tokens, schedule, precision, compile."""
+    """The optimisation: batch in tokens, schedule, precision, compile.
+
+    Fields:
+        max_steps: optimizer steps of the run
+        global_batch_tokens: tokens per optimizer step over all ranks; 0 = B*T*world (no accumulation)
+        lr: peak learning rate, reached after warmup
+        min_lr_ratio: cosine decays to lr * min_lr_ratio
+        warmup_steps: linear warmup from lr/warmup_steps to lr
+        weight_decay: applied to >=2-D tensors only (matmul weights, embeddings)
+        beta1: AdamW beta1
+        beta2: AdamW beta2
+        eps: AdamW epsilon
+        on_nonfinite: a NaN/inf loss or grad norm: stop the run, or skip the update
+        grad_clip: max global grad norm; 0 disables clipping (the norm is still logged)
+        fused_adamw: auto: fused when the device supports it
+        seed: seed of the weights, the data order and dropout
+        device: auto: cuda when available (one GPU per rank), else cpu
+        dtype: auto: bf16 autocast on CUDA, fp32 on CPU
+        tf32: TF32 matmuls on CUDA (no effect on CPU)
+        compile: torch.compile each transformer block
+        peak_tflops: device peak for MFU; 0 = from gptdist.flops' table (None on CPUs)
+    """
 
     max_steps: int = 100
-    global_batch_tokens: int = 0  # tokens per optimizer step over all ranks; 0 = B*T*world (no accumulation)
+    global_batch_tokens: int = 0
     lr: float = 6e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
     warmup_steps: int = 10
-    weight_decay: float = 0.1  # applied to >=2-D tensors only (matmul weights, embeddings)
+    weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or grad norm: stop the run, or skip the update
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
-    fused_adamw: Literal["auto", "on", "off"] = "auto"  # auto: fused when the device supports it
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    grad_clip: float = 1.0
+    fused_adamw: Literal["auto", "on", "off"] = "auto"
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    tf32: bool = True  # TF32 matmuls on CUDA (no effect on CPU)
-    compile: bool = False  # torch.compile each transformer block
-    peak_tflops: float = 0.0  # device peak for MFU; 0 = from gptdist.flops' table (None on CPUs)
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    tf32: bool = True
+    compile: bool = False
+    peak_tflops: float = 0.0
 
 
 @dataclass
 class EvalSection:
-    """Validation and samples during training."""
+    """Validation and samples during training.
 
-    val_every: int = 50  # steps between validation runs; 0 = never (also runs at the last step)
-    val_batches: int = 10  # micro-batches per validation, split over the ranks
-    sample_every: int = 0  # steps between text samples; 0 = only at the end
+    Fields:
+        val_every: steps between validation runs; 0 = never (also runs at the last step)
+        val_batches: micro-batches per validation, split over the ranks
+        sample_every: steps between text samples; 0 = only at the end
+        sample_tokens: tokens generated per sample
+        sample_prompt: text each sample starts from
+        sample_count: samples written each time
+        sample_top_k: sample among the k most likely tokens
+        sample_temperature: logits are divided by this before sampling
+        hellaswag_every: steps between HellaSwag runs; 0 = never
+        hellaswag_limit: items per HellaSwag run; 0 = all 10,042
+    """
+
+    val_every: int = 50
+    val_batches: int = 10
+    sample_every: int = 0
     sample_tokens: int = 64
     sample_prompt: str = "\n"
     sample_count: int = 1
     sample_top_k: int = 50
     sample_temperature: float = 1.0
-    hellaswag_every: int = 0  # steps between HellaSwag runs; 0 = never
-    hellaswag_limit: int = 0  # items per HellaSwag run; 0 = all 10,042
+    hellaswag_every: int = 0
+    hellaswag_limit: int = 0
 
 
 @dataclass
 class CheckpointSection:
-    """When and how state is saved, and where a run resumes from."""
+    """When and how state is saved, and where a run resumes from.
 
-    every: int = 0  # steps between checkpoints; 0 = only at the end
+    Fields:
+        every: steps between checkpoints; 0 = only at the end
+        at_end: save a checkpoint after the last step
+        keep_last: older checkpoints are deleted once a newer one is complete
+        format: sharded: DCP folder; full: one rank-0 file
+        resume: "" = fresh run; "auto" = latest in the run folder; or a checkpoint path
+    """
+
+    every: int = 0
     at_end: bool = True
-    keep_last: int = 3  # older checkpoints are deleted once a newer one is complete
-    format: Literal["sharded", "full"] = "sharded"  # sharded: DCP folder; full: one rank-0 file
-    resume: str = ""  # "" = fresh run; "auto" = latest in the run folder; or a checkpoint path
+    keep_last: int = 3
+    format: Literal["sharded", "full"] = "sharded"
+    resume: str = ""
 
 
 @dataclass
 class LogSection:
-    """Run folder, console and metric sinks."""
+    """Run folder, console and metric sinks.
+
+    Fields:
+        out_dir: run folders go under this folder: out_dir/run_name
+        run_name: "" = a timestamped name
+        overwrite: delete an existing run folder of the same name first; off = refuse it unless resuming
+        console_every: steps between console lines (metrics.jsonl gets every step)
+        wandb: also log to Weights & Biases; offline (no network needed) unless WANDB_API_KEY is set
+        wandb_project: Weights & Biases project name
+        tensorboard: also write TensorBoard event files in the run folder
+    """
 
     out_dir: str = "runs"
-    run_name: str = ""  # "" = a timestamped name
-    overwrite: bool = False  # an existing run folder is refused unless overwrite or resume
+    run_name: str = ""
+    overwrite: bool = False
     console_every: int = 1
-    wandb: bool = False  # offline (no network needed) unless WANDB_API_KEY is set
+    wandb: bool = False
     wandb_project: str = "gptdist"
     tensorboard: bool = False
 
 
 @dataclass
 class ParallelSection:
-    """Options of the data-parallel backends (`backend` picks one)."""
+    """Options of the data-parallel backends (`backend` picks one).
+
+    Fields:
+        bucket_cap_mb: manual: gradient bucket size cap
+        first_bucket_mb: manual: the first bucket (last layers' grads) is small so comm starts early
+        overlap: manual: launch each bucket's all-reduce during backward; False = after backward
+        ddp_bucket_cap_mb: ddp: DDP's bucket_cap_mb
+        gradient_as_bucket_view: ddp: DDP's gradient_as_bucket_view (grads alias the buckets, less memory)
+        reshard_after_forward: fsdp: True = ZeRO-3 (free gathered params after forward); False = ZeRO-2
+        param_dtype: fsdp: auto = bf16 on CUDA, fp32 on CPU
+        reduce_dtype: fsdp: dtype of the gradient reduce-scatter
+    """
 
     # manual backend
-    bucket_cap_mb: float = 25.0  # gradient bucket size cap
-    first_bucket_mb: float = 1.0  # the first bucket (last layers' grads) is small so comm starts early
-    overlap: bool = True  # launch each bucket's all-reduce during backward; False = after backward
+    bucket_cap_mb: float = 25.0
+    first_bucket_mb: float = 1.0
+    overlap: bool = True
     # ddp backend
     ddp_bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = True
     # fsdp backend
-    reshard_after_forward: bool = True  # True = ZeRO-3 (free gathered params after forward); False = ZeRO-2
-    param_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    reshard_after_forward: bool = True
+    param_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
 class DistSection:
-    """Process group settings."""
+    """Process group settings.
 
-    timeout_s: float = 600.0  # a collective that waits longer fails instead of hanging
+    Fields:
+        timeout_s: a collective that waits longer fails instead of hanging
+    """
+
+    timeout_s: float = 600.0
 
 
 @dataclass
 class InstrumentSection:
-    """Per-step compute/communication breakdown and collective records (see docs/instrumentation.md)."""
+    """Per-step compute/communication breakdown and collective records (see docs/instrumentation.md).
 
-    enabled: bool = True  # phase timers, breakdown keys in metrics.jsonl, end-of-run summary
-    collectives: bool = True  # one record per collective (ranks/rank{r}/collectives.jsonl); needs enabled
-    summary_skip_steps: int = 1  # leave each rank's first steps (warm-up) out of the summary
+    Fields:
+        enabled: phase timers, breakdown keys in metrics.jsonl, end-of-run summary
+        collectives: one record per collective (ranks/rank{r}/collectives.jsonl); needs enabled
+        summary_skip_steps: leave each rank's first steps (warm-up) out of the summary
+    """
+
+    enabled: bool = True
+    collectives: bool = True
+    summary_skip_steps: int = 1
 
 
 @dataclass
 class ProfileSection:
-    """torch.profiler: Chrome traces per rank and merged, for Perfetto (see traces/README.md)."""
+    """torch.profiler: Chrome traces per rank and merged, for Perfetto (see traces/README.md).
+
+    Fields:
+        enabled: record Chrome traces with torch.profiler
+        wait: steps before the profiler starts
+        warmup: steps profiled and thrown away (the profiler's own start-up)
+        active: steps recorded into the trace
+        dir: traces/<run name>/rank{r}.json and merged.json
+    """
 
     enabled: bool = False
-    wait: int = 1  # steps before the profiler starts
-    warmup: int = 1  # steps profiled and thrown away (the profiler's own start-up)
-    active: int = 3  # steps recorded into the trace
-    dir: str = "traces"  # traces/<run name>/rank{r}.json and merged.json
+    wait: int = 1
+    warmup: int = 1
+    active: int = 3
+    dir: str = "traces"
 
 
 @dataclass
 class Config:
+    """A whole run: the backend plus one section per concern.
+
+    Fields:
+        backend: none = one process; manual / ddp / fsdp = data parallel over torchrun's ranks
+    """
+
     backend: Literal["none", "manual", "ddp", "fsdp"] = "none"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -433,3 +539,59 @@ def batch_plan(cfg: Config, world_size: int) -> BatchPlan:
             f"({cfg.data.batch_size}*{cfg.data.seq_len}*{world_size} = {per_micro})"
         )
     return BatchPlan(cfg.data.batch_size, cfg.data.seq_len, world_size, total // per_micro)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference printed by `launch/train.py --help`, read from the sections' docstrings
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: one-line doc} from the `Fields:` block of a section's docstring."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    if "Fields:" in (line.strip() for line in lines):
+        start = [line.strip() for line in lines].index("Fields:") + 1
+        for line in lines[start:]:
+            name, sep, doc = line.strip().partition(": ")
+            if sep and name.isidentifier():
+                docs[name] = doc
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "|".join(str(a) for a in typing.get_args(tp))
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+        return f"{_type_name(args[0])}|null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    value = f.default if f.default is not dataclasses.MISSING else None
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value) if value == "" or not value.isprintable() or " " in value else value
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def config_reference(cls: type = Config, prefix: str = "") -> str:
+    """Every field as `--section.key  TYPE  default  doc`, section by section (nested sections too)."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    rows, sections = [], []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            sections.append((f.name, tp))
+        else:
+            rows.append((f"--{prefix}{f.name}", _type_name(tp), _default_text(f), docs.get(f.name, "")))
+    out = []
+    if rows:
+        w0, w1, w2 = (max(len(r[i]) for r in rows) for i in range(3))
+        out += [f"  {a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d}".rstrip() for a, b, c, d in rows]
+    for name, tp in sections:
+        summary = (tp.__doc__ or "").strip().splitlines()[0]
+        out += ["", f"{prefix}{name}: {summary}", config_reference(tp, f"{prefix}{name}.")]
+    return "\n".join(out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -69,8 +70,9 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def progress_bar(total: int, desc: str, enabled: bool, ctx: DistContext):
-    """A tqdm bar on rank 0 only (None when disabled). It counts this rank's slots."""
-    if not enabled or not ctx.is_main:
+    """A tqdm bar on rank 0 only (None when disabled). It counts this rank's slots. Only on a terminal:
+    redirected into a log, a carriage-return bar is megabytes of partial lines."""
+    if not enabled or not ctx.is_main or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 

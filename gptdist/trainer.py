@@ -342,6 +342,12 @@ class Trainer:
             f"batch {plan.micro_batch}x{plan.seq_len} x {plan.world_size} ranks x {plan.grad_accum} accum "
             f"= {plan.tokens_per_step:,} tokens/step | run {self.run_dir} | pid {os.getpid()}"
         )
+        if self.resume_from is not None and self.step >= cfg.train.max_steps:
+            # `checkpoint.resume: auto` met a finished run: leave its checkpoint, samples and summary as they are.
+            self.log.info(f"run {self.run_dir} already finished at step {self.step} (train.max_steps "
+                          f"{cfg.train.max_steps}): nothing to do; a larger --train.max_steps continues it, "
+                          f"another --log.run_name starts a new run")
+            return {"steps": self.step, "already_finished": True}
         watchdog = self._stall_watchdog()
         try:
             return self._loop()

@@ -28,7 +28,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_source_args(p)
     p.add_argument("--tasks", default="hellaswag,lambada", help="comma-separated: val, hellaswag, lambada")
-    p.add_argument("--limit", type=int, default=0, help="first N HellaSwag items / LAMBADA passages (0 = all)")
+    p.add_argument("--limit", type=int, default=0, help="first N HellaSwag items / LAMBADA passages (0 = all: 10,042 and 5,153, tens of minutes on a "
+                        "2-core CPU; use e.g. --limit 500 there)")
     p.add_argument("--data-dir", help="token shards for 'val' (launch/prepare_data.py output)")
     p.add_argument("--batch-size", type=int, default=8, help="val: sequences per batch")
     p.add_argument("--seq-len", type=int, default=0, help="val: tokens per sequence (0 = the model's block_size)")
@@ -40,7 +41,8 @@ def parse_args(argv):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA")
     p.add_argument("--seed", type=int, default=0, help="init seed for --random-init")
     p.add_argument("--json", help="write the results (and how they were made) to this file (rank 0)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     return p.parse_args(argv)
 
 
@@ -68,8 +70,11 @@ def main(argv=None) -> int:
         teardown()
         return 2
     if ctx.is_main:
+        from gptdist.evals.references import reference_line
+
         for task, r in results.items():
             print(f"{task}: " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+            print(reference_line(task))
         if args.json:
             import torch
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -261,12 +262,48 @@ def test_tinyshakespeare_val_feeds_four_ranks(tinyshakespeare):
     assert torch.equal(torch.cat(starts).flatten(), val[: 4 * 8 * 256])
 
 
-def test_refuses_to_overwrite_and_keeps_the_data(tinyshakespeare, tmp_path):
-    before = {p.name: p.read_bytes() for p in tinyshakespeare.iterdir()}
+def test_same_preparation_again_is_a_no_op_and_a_different_one_is_refused(tinyshakespeare, tmp_path):
+    def snapshot(folder):
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+    before = snapshot(tinyshakespeare)
+    # the README's one-liner run twice: the second prepare finds its own manifest and leaves it be
+    proc = python([PREPARE, "--source", "tinyshakespeare", "--out", str(tinyshakespeare), "--shard-tokens", "100000"])
+    assert f"{tinyshakespeare} already holds this preparation (manifest.json matches): nothing to do" in proc.stdout
+    assert snapshot(tinyshakespeare) == before
+
+    # another split rule or shard size into the same folder: refused, naming the field and both values
     proc = python([PREPARE, "--source", "tinyshakespeare", "--out", str(tinyshakespeare)], check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: output folder {tinyshakespeare} is not empty; pass --overwrite to replace it"
-    assert {p.name: p.read_bytes() for p in tinyshakespeare.iterdir()} == before
+    assert proc.stderr.strip() == (
+        f"error: output folder {tinyshakespeare} holds a different preparation (shard_tokens: 100000 there, "
+        f"100000000 here); pass --overwrite to replace it or choose another --out")
+    proc = python([PREPARE, "--source", "tinyshakespeare", "--out", str(tinyshakespeare), "--shard-tokens", "100000",
+                   "--val-fraction", "0.2"], check=False)
+    assert proc.returncode == 2 and "(val_split.val_fraction: 0.1 there, 0.2 here)" in proc.stderr
+    assert snapshot(tinyshakespeare) == before
+
+    # a matching manifest whose shard was cut short is not reused
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tinyshakespeare, damaged)
+    with open(damaged / "train_000003.bin", "r+b") as f:
+        f.truncate(100)
+    proc = python([PREPARE, "--source", "tinyshakespeare", "--out", str(damaged), "--shard-tokens", "100000"],
+                  check=False)
+    assert proc.returncode == 2 and "train_000003.bin is missing or has the wrong size" in proc.stderr
+
+    # a non-empty folder without a manifest is nobody's preparation: refused as before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    proc = python([PREPARE, "--source", "tinyshakespeare", "--out", str(other)], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: output folder {other} is not empty; pass --overwrite to replace it"
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_replaces_only_once_complete(tinyshakespeare, tmp_path):
+    before = {p.name: p.read_bytes() for p in tinyshakespeare.iterdir()}
 
     # --overwrite replaces it only once the new data is complete; a failing run leaves the old one alone
     jsonl = tmp_path / "docs.jsonl"

@@ -39,7 +39,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 import gptdist
-from gptdist.data.shards import TOKEN_DTYPE, write_shard
+from gptdist.data.shards import HEADER_BYTES, TOKEN_DTYPE, write_shard
 from gptdist.data.sources import Source, resolve_source
 from gptdist.errors import DataError, GptdistError
 from gptdist.tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, get_tokenizer
@@ -132,11 +132,60 @@ def _labelled_documents(source: Source, val_fraction: Optional[float]) -> Iterat
 # --- the whole job -----------------------------------------------------------------------------------------
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
+def check_output_folder(out: Path, overwrite: bool) -> bool:
+    """Refuse a non-folder or a non-empty folder without a manifest. Return True when `out` holds an
+    earlier preparation (manifest.json) that `prepare` may find identical to this one."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
+        if (out / MANIFEST).is_file():
+            return True
         raise DataError(f"output folder {out} is not empty; pass --overwrite to replace it")
+    return False
+
+
+# The manifest fields that say what a preparation is; `created`, the version and the shard list follow from them.
+# A source's `origin` (mirror path or download URL) is left out: both give the same checked text.
+IDENTITY_FIELDS = ("source", "source_details", "tokenizer", "val_split", "shard_tokens")
+
+
+def identity(manifest: dict) -> dict:
+    ident = {key: manifest.get(key) for key in IDENTITY_FIELDS}
+    if isinstance(ident["source_details"], dict):
+        ident["source_details"] = {k: v for k, v in ident["source_details"].items() if k != "origin"}
+    return ident
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: A there, B here' for every differing leaf of two identity dicts."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} there, {b!r} here")
+    return out
+
+
+def reuse_existing(out: Path, planned: dict) -> dict:
+    """The manifest already in `out` when it describes exactly the preparation `planned` and every shard it
+    lists is present at its full size; else DataError naming the difference (nothing is touched)."""
+    try:
+        existing = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"output folder {out} holds an unreadable {MANIFEST} ({e}); pass --overwrite to replace it")
+    diff = differences(identity(existing), identity(planned))
+    if diff:
+        raise DataError(f"output folder {out} holds a different preparation ({'; '.join(diff)}); "
+                        f"pass --overwrite to replace it or choose another --out")
+    for shard in existing.get("shards", []):
+        path = out / shard["file"]
+        expected = HEADER_BYTES + shard["tokens"] * TOKEN_DTYPE.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise DataError(f"output folder {out} has the same manifest but {shard['file']} is missing or has the "
+                            f"wrong size; pass --overwrite to prepare it again")
+    return existing
 
 
 def prepare(
@@ -168,7 +217,7 @@ def prepare(
         raise DataError(f"--val-tokens must be >= 0, got {val_tokens}")
     if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    check_output_folder(out, overwrite)  # before any slow work
+    already_prepared = check_output_folder(out, overwrite)  # before any slow work
 
     src = resolve_source(source, text_field=text_field, hf_config=hf_config, hf_split=hf_split, mirror=mirror)
     if val_tokens is None and val_fraction is None:
@@ -176,6 +225,15 @@ def prepare(
             val_tokens = shard_tokens  # llm.c / build-nanogpt: the first shard is val
         else:
             val_fraction = DEFAULT_VAL_FRACTION
+    val_split = (
+        {"rule": "first_tokens", "val_tokens": val_tokens} if val_tokens is not None else
+        {"rule": "last_characters" if src.single_document else "every_nth_document", "val_fraction": val_fraction}
+    )
+    tokenizer_info = {"name": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "eot_token": EOT_TOKEN,
+                      "documents_prefixed_with_eot": True}
+    if already_prepared:  # the same command run twice is a no-op; a different one is refused, naming why
+        return reuse_existing(out, {"source": src.name, "source_details": src.description,
+                                    "tokenizer": tokenizer_info, "val_split": val_split, "shard_tokens": shard_tokens})
     get_tokenizer(mirror)  # fail fast (and seed tiktoken's cache) before starting workers
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,13 +249,8 @@ def prepare(
             "format": "llm.c token shards (header 256 x int32: magic 20240520, version 1, num tokens; uint16 tokens)",
             "source": src.name,
             "source_details": src.description,
-            "tokenizer": {"name": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "eot_token": EOT_TOKEN,
-                          "documents_prefixed_with_eot": True},
-            "val_split": (
-                {"rule": "first_tokens", "val_tokens": val_tokens} if val_tokens is not None else
-                {"rule": "last_characters" if src.single_document else "every_nth_document",
-                 "val_fraction": val_fraction}
-            ),
+            "tokenizer": tokenizer_info,
+            "val_split": val_split,
             "shard_tokens": shard_tokens,
             "shards": shards,
             "total_tokens": {split: writers[split].total_tokens for split in SPLITS},
@@ -274,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--source", required=True,
                    help="tinyshakespeare | hf:ORG/NAME | mirror:REL/PATH | a .txt/.jsonl/.parquet file or a folder of them")
-    p.add_argument("--out", required=True, help="output folder (refused if not empty unless --overwrite)")
+    p.add_argument("--out", required=True,
+                   help="output folder; the same preparation again is a no-op, a different one into a "
+                        "non-empty folder is refused unless --overwrite")
     p.add_argument("--text-field", default="text", help="field holding the text in jsonl/parquet/hf rows")
     p.add_argument("--hf-config", default=None, help="Hugging Face dataset config, e.g. sample-10BT")
     p.add_argument("--hf-split", default="train", help="Hugging Face dataset split")
@@ -294,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # Without --overwrite, an existing manifest is either reused as it is or refused: prepare raises.
+    reusing = not args.overwrite and (Path(args.out) / MANIFEST).is_file()
     try:
         manifest = prepare(
             args.source, args.out, text_field=args.text_field, hf_config=args.hf_config, hf_split=args.hf_split,
@@ -308,5 +365,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         n_shards = sum(1 for s in manifest["shards"] if s["split"] == split)
         print(f"{split}: {manifest['total_tokens'][split]:,} tokens in {n_shards} shard(s), "
               f"{manifest['documents'][split]:,} document(s)")
-    print(f"wrote {Path(args.out) / MANIFEST}")
+    if reusing:
+        print(f"{args.out} already holds this preparation ({MANIFEST} matches): nothing to do")
+    else:
+        print(f"wrote {Path(args.out) / MANIFEST}")
     return 0
