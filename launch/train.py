@@ -10,13 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from gptdist.cli import main_guard  # noqa: E402
 from gptdist.config import config_from_argv  # noqa: E402
 from gptdist.dist import distributed  # noqa: E402
-from gptdist.parallel import NEEDS_GROUP  # noqa: E402
+from gptdist.parallel import needs_group  # noqa: E402
 from gptdist.trainer import train  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     cfg = config_from_argv(argv)
-    with distributed(cfg.train.device, cfg.dist.timeout_s, need_group=cfg.backend in NEEDS_GROUP) as ctx:
+    with distributed(cfg.train.device, cfg.dist.timeout_s, need_group=needs_group(cfg.backend)) as ctx:
         train(cfg, ctx)
 
 

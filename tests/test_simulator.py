@@ -216,7 +216,7 @@ def test_ddp_marks_its_own_bucket_layout(tmp_path):
     cfg = build_config(None, {
         "backend": "ddp", "model.preset": "test", "data.dir": str(data), "data.batch_size": 2, "data.seq_len": 16,
         "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False, "log.out_dir": str(tmp_path),
-        "log.run_name": "run", "parallel.ddp_bucket_cap_mb": 0.01})
+        "log.run_name": "run", "parallel.ddp.bucket_cap_mb": 0.01})
     train(cfg, init_distributed("cpu", need_group=True))
     rank_dir = tmp_path / "run/ranks/rank0"
     rows = [json.loads(line) for line in (rank_dir / "steps.jsonl").read_text().splitlines()]
@@ -268,7 +268,7 @@ def test_manual_backend_marks_every_bucket_ready_inside_backward(tmp_path):
     cfg = build_config(None, {
         "backend": "manual", "model.preset": "test", "data.dir": str(data), "data.batch_size": 2, "data.seq_len": 16,
         "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False, "log.out_dir": str(tmp_path),
-        "log.run_name": "run", "parallel.bucket_cap_mb": 0.01, "parallel.first_bucket_mb": 0.001})
+        "log.run_name": "run", "parallel.manual.bucket_cap_mb": 0.01, "parallel.manual.first_bucket_mb": 0.001})
     train(cfg, init_distributed("cpu", need_group=True))
     rows = [json.loads(line) for line in (tmp_path / "run/ranks/rank0/steps.jsonl").read_text().splitlines()]
     for r in rows:
