@@ -14,8 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptdist.cli import main_guard  # noqa: E402
 from gptdist.errors import GptdistError  # noqa: E402
-from gptdist.evaluate import add_model_source_args  # noqa: E402
+from gptdist.evals.runner import add_model_source_args  # noqa: E402
 
 
 def parse_args(argv):
@@ -34,7 +35,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from gptdist.dist import choose_device
-    from gptdist.evaluate import load_model_for_eval, sample_text
+    from gptdist.evals.runner import load_model_for_eval
+    from gptdist.evaluate import sample_text
     from gptdist.tokenizer import get_tokenizer
 
     try:
@@ -57,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, sys.argv[1:])

@@ -5,7 +5,7 @@
     python launch/scaling.py ... --world-sizes 1,2,4,8,2x8      # a GPU box (2x8: 2 nodes, rehearsed on one host)
 
 Extra train.py overrides after `--`. `--report-only` rebuilds the report from the run folders of an earlier
-run (e.g. with another --warmup or --out). See gptdist/scaling.py and docs/scaling.md.
+run (e.g. with another --warmup or --out). See gptdist/studies/scaling/ and docs/scaling.md.
 """
 
 import argparse
@@ -18,8 +18,8 @@ from gptdist.cli import main_guard  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    from gptdist import scaling
-    from gptdist.config import build_config
+    from gptdist.studies import scaling
+    from gptdist.config import build_config, parse_overrides
     from gptdist.errors import ConfigError
 
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -43,7 +43,10 @@ def main(argv: list[str]) -> None:
     if args.warmup >= args.steps:
         raise ConfigError("--warmup must be below --steps")
 
-    cfg = build_config(args.config, extra)
+    extra_config, overrides = parse_overrides(extra)  # the same reading train.py gives them
+    if extra_config is not None:
+        raise ConfigError("give the config as --config before `--`, not among the train overrides")
+    cfg = build_config(args.config, overrides)
     b = args.per_rank_batch or cfg.data.batch_size
     layouts = scaling.parse_world_sizes(args.world_sizes)
     modes = [m.strip() for m in args.modes.split(",")]

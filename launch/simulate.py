@@ -1,4 +1,4 @@
-"""Scaling simulator CLI (gptdist/simulator.py).
+"""Scaling simulator CLI (gptdist/studies/simulator/).
 
     # 1. a timeline from a measured 1-rank run (manual; ddp: DDP's own bucket layout; fsdp: its own compute)
     python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
@@ -27,7 +27,7 @@ from gptdist.cli import main_guard  # noqa: E402
 
 
 def _comm(args):
-    from gptdist import simulator
+    from gptdist.studies import simulator
     from gptdist.errors import ConfigError
 
     if sum(map(bool, (args.fit, args.profile, args.comm_table))) != 1:
@@ -68,7 +68,7 @@ def _timeline_paths(text: str, what: str) -> dict[str, str]:
 
 def _timeline_for(paths: dict[str, str], backend: str, what: str = "timeline"):
     """The backend's own timeline (BACKEND=PATH), or the one PATH given for every backend."""
-    from gptdist import simulator
+    from gptdist.studies import simulator
     from gptdist.errors import ConfigError
 
     if "" in paths:
@@ -81,7 +81,7 @@ def _timeline_for(paths: dict[str, str], backend: str, what: str = "timeline"):
 def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     """Predicted rows for each layout. tokens_per_rank (one per layout): the per-rank batch to predict for
     (validate passes the study's); default: the timeline's batch split over N (strong) or kept (weak)."""
-    from gptdist import scaling, simulator
+    from gptdist.studies import scaling, simulator
     from gptdist.errors import ConfigError
 
     comm = _comm(args)
@@ -133,7 +133,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
 
 
 def main(argv: list[str]) -> None:
-    from gptdist import scaling, simulator
+    from gptdist.studies import scaling, simulator
     from gptdist.errors import ConfigError
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

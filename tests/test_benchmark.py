@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gptdist.benchmark import main
+from gptdist.studies.throughput import main
 from launchers import python
 
 

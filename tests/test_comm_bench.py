@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from comm_bench import bucket_sweep, harness
-from gptdist import alphabeta
+from gptdist.studies import alphabeta
 from gptdist.errors import ConfigError
 from launchers import python, torchrun
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from gptdist.errors import ConfigError
-from gptdist.ladder import compose_ladder, load_ladder, main, plan_ladder
+from gptdist.studies.ladder import compose_ladder, load_ladder, main, plan_ladder
 from gptdist.model import GPT, PRESETS, GPTConfig
 from launchers import python
 

@@ -8,7 +8,7 @@ import pytest
 from gptdist.config import build_config
 from gptdist.dist import init_distributed
 from gptdist.errors import ConfigError
-from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table,
+from gptdist.studies.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table,
                                contention_from_runs, cpu_contention, cpu_overlap, fsdp_units, load_timeline,
                                modelled_timeline, simulate, timeline_from_run, timeline_from_steps)
 from gptdist.trainer import train
@@ -145,7 +145,7 @@ def test_fsdp_without_prefetch_exposes_every_gather():
 def test_fsdp_without_prefetch_waits_for_each_reduce_scatter():
     """CPU/gloo: FSDP2's reduce-scatters are blocking too. Without backward all-gathers (no reshard after
     forward) nothing else would stop h.1's reduce-scatter from overlapping h.0's backward."""
-    from gptdist.simulator import simulate_fsdp
+    from gptdist.studies.simulator import simulate_fsdp
 
     comm = linear_comm(5.0, 0.0)  # every collective 5 ms
     t = fsdp_timeline()
@@ -297,7 +297,7 @@ def test_modelled_timeline_is_flops_at_mfu():
 
 
 def test_batch_compute_scale_is_affine_through_two_points():
-    from gptdist.simulator import batch_compute_scale
+    from gptdist.studies.simulator import batch_compute_scale
 
     big = Timeline(pre_ms=30.0, backward_ms=70.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=800)
     small = Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=200)

@@ -50,7 +50,7 @@ from typing import Any, Optional
 
 import torch
 
-from gptdist.alphabeta import busbw_factor
+from gptdist.studies.alphabeta import busbw_factor
 from gptdist.instrument.timeline import Interval
 
 

@@ -49,10 +49,10 @@ from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGath
 from torch.distributed.tensor import DTensor
 
 from gptdist.dist import DistContext
+from gptdist.dtypes import DTYPES
 from gptdist.parallel.base import Backend
 from gptdist.parallel.broadcast import broadcast_from_rank0
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def mixed_precision_policy(cfg, device: torch.device) -> MixedPrecisionPolicy:

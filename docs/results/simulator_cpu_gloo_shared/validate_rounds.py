@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from gptdist import scaling, simulator  # noqa: E402
+from gptdist.studies import scaling, simulator  # noqa: E402
 
 WARMUP = 3
 CORES, THREADS = 2, 1

@@ -31,14 +31,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+
 import torch
 
+from gptdist.dtypes import DTYPES
 from gptdist.errors import GptdistError
 from gptdist.flops import flops_per_token, mfu, param_count, peak_flops
 from gptdist.model import GPT, PRESETS, GPTConfig
 from gptdist.optim import use_fused
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
