@@ -63,11 +63,13 @@ def main(argv: list[str]) -> None:
             run_dir = scaling.run_spec(spec, args.config, runs_dir, args.steps, args.threads_per_rank, args.timeout, extra)
         results.append(scaling.collect_run(run_dir, spec, args.warmup))
     rows = scaling.analyse(results, modes)
+    from gptdist.provenance import provenance
+
     meta = {"command": "python launch/scaling.py " + " ".join(sys.argv[1:]), "config": args.config,
             "backends": backends, "world_sizes": args.world_sizes, "modes": modes, "steps": args.steps,
             "warmup": args.warmup, "threads_per_rank": args.threads_per_rank, "per_rank_batch": b,
             "global_batch": b * max(l.world for l in layouts), "seq_len": cfg.data.seq_len, "extra": extra,
-            "env": scaling.environment()}
+            "provenance": provenance(command="python launch/scaling.py " + " ".join(sys.argv[1:]), config=args.config)}
     out = Path(args.out)
     scaling.write_report(out, rows, results, meta, args.note)
     print(scaling.markdown_table(rows))

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reports
+from gptdist.provenance import readme_header
 
 
 def _mib(n: Optional[float]) -> str:
@@ -27,17 +24,12 @@ def _x(s: Optional[dict]) -> str:
 
 def to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
     hw, o = result["hardware"], result["options"]
-    device = hw.get("gpu") or f"{hw['cpu_model']}, {hw['cpus_usable']} usable of {hw['cpu_count']} CPUs"
     lines = [
         "# Optimisation ladder",
         "",
-        f"- date: {result['date']}",
-        f"- command: `{result['command']}`",
-        f"- ladder: `{result['ladder_file']}`",
-        f"- device: {device}; torch threads {hw['torch_threads']}; load average (1/5/15 min) at the end "
-        f"{[round(x, 2) for x in hw['load_average'] or []]}",
-        f"- software: torch {hw['torch']}" + (f", CUDA {hw['cuda']}" if hw.get("cuda") else "")
-        + f", Python {hw['python']}, {hw['platform']}",
+        readme_header(result["provenance"]).rstrip("\n"),
+        f"- ladder: `{result['ladder_file']}`; device {hw.get('device')}, CPUs usable {hw['cpus_usable']} of "
+        f"{hw['cpu_count']}, torch threads {hw['torch_threads']}",
         f"- timing: {o['warmup']} warm-up steps per rung, then {o['rounds']} round(s) x {o['steps']} timed steps, "
         + ("one rung at a time" if o["sequential"] else "rungs interleaved round by round (order flipped each round)"),
         f"- MFU: {result['mfu_definition']}"
@@ -136,7 +128,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("median step time, ms (whiskers p10-p90)")
     ax.set_ylim(0, top * 1.25)
     hw = result["hardware"]
-    where = hw.get("gpu") or f"{hw['cpu_model']} ({hw['torch_threads']} threads)"
+    where = hw.get("gpu_model") or f"{hw['cpu_model']} ({hw['torch_threads']} threads)"
     ax.set_title(f"Optimisation ladder on {where}\nlabels: throughput (tokens/s) over the baseline; "
                  "hatched: side rungs", fontsize=9)
     fig.tight_layout()

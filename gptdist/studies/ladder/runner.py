@@ -17,10 +17,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gptdist.studies.throughput import BenchSettings, TrainStep, hardware_info, pick_device, summarize
+from gptdist.studies.throughput import BenchSettings, TimedTrainStep, pick_device, summarize
+from gptdist.dist import synchronize
 from gptdist.errors import GptdistError
 from gptdist.flops import flops_per_token, mfu, peak_flops
 from gptdist.model import GPT
+from gptdist.provenance import hardware, provenance
 from gptdist.studies.ladder.spec import Ladder, PlannedRung, plan_ladder, bench_settings
 
 
@@ -28,12 +30,7 @@ from gptdist.studies.ladder.spec import Ladder, PlannedRung, plan_ladder, bench_
 # Measurements
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def state_bytes(runner: TrainStep) -> int:
+def state_bytes(runner: TimedTrainStep) -> int:
     """Parameters, buffers and optimizer state, counted from the tensors (each storage once)."""
     seen, total = set(), 0
     tensors = list(runner.model.parameters()) + list(runner.model.buffers())
@@ -54,11 +51,11 @@ def _proc_status_kb(field_name: str) -> int:
     raise OSError(f"{field_name} not in /proc/self/status")
 
 
-def step_memory_rise(runner: TrainStep) -> tuple[Optional[int], str]:
+def step_memory_rise(runner: TimedTrainStep) -> tuple[Optional[int], str]:
     """Bytes the process's memory rises by during one training step above what it held before it."""
     device = runner.device
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         runner.run(1)
@@ -93,7 +90,7 @@ def _self_times(prof, device: torch.device) -> dict[str, float]:
     return out
 
 
-def profile_window(runner: TrainStep, steps: int, trace_path: Optional[Path]) -> dict[str, Any]:
+def profile_window(runner: TimedTrainStep, steps: int, trace_path: Optional[Path]) -> dict[str, Any]:
     """Profile `steps` more (already warm) steps; ops by self time per step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -158,7 +155,7 @@ class LadderOptions:
 class _Live:
     planned: PlannedRung
     bench: Optional[BenchSettings] = None
-    runner: Optional[TrainStep] = None
+    runner: Optional[TimedTrainStep] = None
     status: str = "ok"
     reason: Optional[str] = None
     round_times: list[list[float]] = field(default_factory=list)
@@ -211,7 +208,7 @@ def run_ladder(ladder: Ladder, opts: LadderOptions, log: Callable[[str], None] =
         try:
             live.bench = bench_settings(p.settings, device, opts.steps, opts.warmup)
             torch.manual_seed(live.bench.seed)  # same initial weights in every rung
-            live.runner = TrainStep(GPT(live.bench.model), live.bench, device)
+            live.runner = TimedTrainStep(GPT(live.bench.model), live.bench, device)
             live.runner.run(opts.warmup)
         except Exception as exc:  # one rung failing (OOM, a compile error) must not lose the others
             live.status, live.reason = "failed", _short_error(exc)
@@ -334,13 +331,14 @@ def _result(ladder: Ladder, lives: list[_Live], opts: LadderOptions, device: tor
                 prof["vs_previous"] = ops_diff(prev_live.profile["ops_ms_per_step"], ops, opts.top)
             row["profile"] = prof
 
-    hw = hardware_info(device)
+    hw = hardware(device)
     return {
         "benchmark": "optimisation ladder: train step (forward + backward + AdamW) on random tokens, one device",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *(shlex.quote(a) for a in sys.argv)]),
         "ladder_file": ladder.source,
         "hardware": hw,
+        "provenance": provenance(device),
         "options": dataclasses.asdict(opts),
         "baseline": baseline,
         "peak_flops_bf16": peak_bf16,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Optional, Sequence
 
 from gptdist.errors import ConfigError
 from gptdist.instrument.summary import percentile
+from gptdist.run_reader import read_rank_rows, with_step_periods
 from gptdist.studies.scaling.plan import RunSpec
 
 
@@ -54,12 +54,8 @@ def per_step_values(rows_by_rank: dict[int, list[dict]], warmup: int) -> list[di
     """Combine the ranks' rows of each step (see the module docstring), warm-up steps left out."""
     by_step: dict[int, list[dict]] = {}
     for rows in rows_by_rank.values():
-        previous_end = {}
-        for r in sorted(rows, key=lambda r: r["step"]):
-            previous_end[r["step"]] = r.get("end_unix_s")
-            before = previous_end.get(r["step"] - 1)
-            period = (r["end_unix_s"] - before) * 1e3 if before is not None and r.get("end_unix_s") is not None else r["step_ms"]
-            by_step.setdefault(r["step"], []).append({**r, "_period_ms": period})
+        for r in with_step_periods(rows):
+            by_step.setdefault(r["step"], []).append(r)
     n = len(rows_by_rank)
     out = []
     for step in sorted(by_step):
@@ -69,7 +65,7 @@ def per_step_values(rows_by_rank: dict[int, list[dict]], warmup: int) -> list[di
         exposed = [r.get("comm/exposed_ms", 0.0) for r in rs]
         overlaps = [r["comm/overlap"] for r in rs if r.get("comm/overlap") is not None]
         out.append({
-            "step": statistics.fmean(r["_period_ms"] for r in rs),
+            "step": statistics.fmean(r["period_ms"] for r in rs),
             "slowest": max(r["step_ms"] for r in rs),
             "compute": statistics.fmean(r["time/compute_ms"] for r in rs),
             "exposed": min(exposed),
@@ -94,17 +90,6 @@ def summarize_steps(values: list[dict[str, float]]) -> tuple[Stat, dict[str, flo
     return (step, parts, percentile([v["comm"] for v in values], 50),
             percentile(overlaps, 50) if overlaps else None, max(v["mem"] for v in values),
             percentile([v["slowest"] for v in values], 50))
-
-
-def read_rank_rows(run_dir: Path) -> dict[int, list[dict]]:
-    rank_dirs = sorted((run_dir / "ranks").glob("rank*"))
-    if not rank_dirs:
-        raise ConfigError(f"{run_dir}: no ranks/rank*/steps.jsonl (was instrumentation on?)")
-    out = {}
-    for d in rank_dirs:
-        lines = (d / "steps.jsonl").read_text().splitlines() if (d / "steps.jsonl").is_file() else []
-        out[int(d.name.removeprefix("rank"))] = [json.loads(line) for line in lines if line.strip()]
-    return out
 
 
 def collect_run(run_dir: Path, spec: RunSpec, warmup: int) -> RunResult:

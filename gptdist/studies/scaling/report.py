@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from gptdist.provenance import readme_header
 from gptdist.studies.scaling.analysis import PART_TITLES, RunResult
 from gptdist.studies.plotting import plot_report
 
 
 # ----------------------------------------------------------------------------------------------
 # Report
-
-
-def environment() -> dict[str, Any]:
-    import torch
-
-    return {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "host": platform.node(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _pct(x: Optional[float]) -> str:
@@ -69,13 +58,11 @@ def answer_in_words(rows: list[dict[str, Any]]) -> str:
 def write_report(out_dir: Path, rows: list[dict[str, Any]], results: list[RunResult], meta: dict[str, Any],
                  notes: Sequence[str] = ()) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = {"meta": meta, "rows": rows, "runs": [asdict(r) for r in results]}
+    raw = {"provenance": meta["provenance"], "meta": meta, "rows": rows, "runs": [asdict(r) for r in results]}
     (out_dir / "results.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
     plots = plot_report(rows, out_dir)
     md = [f"# Scaling study: {', '.join(meta.get('backends', []))} at N = {meta.get('world_sizes', '')}", "",
-          f"Date (UTC): {meta['env']['date_utc']}. Hardware: {meta['env']['cpu']}, {meta['env']['cores']} cores"
-          f"{', GPU ' + meta['env']['cuda'] if meta['env'].get('cuda') else ''}. torch {meta['env']['torch']}.", "",
-          "Command:", "", "```", meta.get("command", ""), "```", "",
+          readme_header(meta["provenance"]), "",
           f"Config: `{meta.get('config')}`; {meta.get('steps')} steps per run, the first {meta.get('warmup')} left out; "
           f"{meta.get('threads_per_rank')} thread(s) per rank (OMP_NUM_THREADS). Strong scaling: global batch "
           f"{meta.get('global_batch')} sequences of {meta.get('seq_len')} tokens split over the ranks; weak scaling: "

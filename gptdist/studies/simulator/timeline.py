@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gptdist.errors import ConfigError
+from gptdist.run_reader import read_rank_rows, read_run_config, with_step_periods
 
 
 # Phases after the synced backward whose work does not depend on the batch.
@@ -76,7 +77,7 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
     """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual or ddp run). The
     step is the period (from the previous step's end, `end_unix_s`) where the rows have it, so `other`
     holds the work between steps too, as the scaling study's step does."""
-    rows = [r for r in rows if "timeline" in r]
+    rows = [r for r in with_step_periods(rows) if "timeline" in r]
     kept = rows[skip:] if len(rows) > skip else rows
     if not kept:
         raise ConfigError("no steps with a timeline (run with the manual or ddp backend and instrument.enabled=true)")
@@ -84,11 +85,8 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
     post: dict[str, list[float]] = {p: [] for p in POST_PHASES}
     ready: dict[int, list[float]] = {}
     sizes: dict[int, int] = {}
-    end_of = {r["step"]: r.get("end_unix_s") for r in rows}
     for r in kept:
         phases = r["timeline"]["phases"]
-        before = end_of.get(r["step"] - 1)
-        period = (r["end_unix_s"] - before) * 1e3 if before is not None and r.get("end_unix_s") is not None else r["step_ms"]
         backwards = [p for p in phases if p[0] == "backward"]
         if not backwards:
             raise ConfigError(f"step {r['step']} has no backward phase")
@@ -98,7 +96,7 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
         data.append(sum(e - s for name, s, e in phases if name == "data"))
         for name in POST_PHASES:
             post[name].append(sum(e - s for n, s, e in phases if n == name))
-        step.append(period)
+        step.append(r["period_ms"])
         for name, index, nbytes, t in r["timeline"]["marks"]:
             if name == "bucket_ready":
                 ready.setdefault(index, []).append(t - b_start)
@@ -124,12 +122,8 @@ def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Time
     steps = run_dir / "ranks" / f"rank{rank}" / "steps.jsonl"
     if not steps.is_file():
         raise ConfigError(f"{steps} not found (is {run_dir} an instrumented run folder?)")
-    rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
-    config = None
-    if (run_dir / "config.yaml").is_file():
-        from gptdist.config import build_config
-
-        config = build_config(run_dir / "config.yaml", {})
+    rows = read_rank_rows(run_dir)[rank]
+    config = read_run_config(run_dir)
     timeline = timeline_from_steps(rows, skip, require_buckets=config is None or config.backend != "fsdp")
     if config is not None:
         from gptdist.config import batch_plan, resolve_model
