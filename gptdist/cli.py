@@ -6,6 +6,7 @@ failed collective...) prints `error: <message>`; any other exception prints one 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -27,6 +28,16 @@ def exit_now(code: int) -> None:
 
 
 TRACEBACK_ENV = "GPTDIST_TRACEBACK"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows every flag's default."""
+
+
+def make_parser(doc: str, first_paragraph_only: bool = True) -> argparse.ArgumentParser:
+    """The launchers' argument parser: the module docstring as description, defaults in --help."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0] if first_paragraph_only else doc,
+                                   formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 def main_guard(main: Callable[[list[str]], object], argv: list[str]) -> None:

@@ -10,7 +10,6 @@ numbers equal a single-process run. See docs/evaluation.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -20,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptdist.cli import main_guard  # noqa: E402
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 from gptdist.errors import GptdistError  # noqa: E402
 from gptdist.evals.runner import add_model_source_args  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__)
     add_model_source_args(p)
     p.add_argument("--tasks", default="hellaswag,lambada", help="comma-separated: val, hellaswag, lambada")
     p.add_argument("--limit", type=int, default=0, help="first N HellaSwag items / LAMBADA passages (0 = all)")
@@ -37,11 +36,11 @@ def parse_args(argv):
     p.add_argument("--items-per-forward", type=int, default=1, help="HellaSwag items per forward (4 rows each)")
     p.add_argument("--hellaswag-file", help="HellaSwag jsonl (default: mirror copy, else official download)")
     p.add_argument("--lambada-file", help="LAMBADA jsonl (default: mirror copy, else OpenAI's download)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16 (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="init seed for --random-init")
     p.add_argument("--json", help="write the results (and how they were made) to this file (rank 0)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 

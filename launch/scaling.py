@@ -8,13 +8,12 @@ Extra train.py overrides after `--`. `--report-only` rebuilds the report from th
 run (e.g. with another --warmup or --out). See gptdist/studies/scaling/ and docs/scaling.md.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gptdist.cli import main_guard  # noqa: E402
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -24,16 +23,16 @@ def main(argv: list[str]) -> None:
 
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--backends", default="manual,ddp,fsdp")
-    p.add_argument("--world-sizes", default="1,2,4")
-    p.add_argument("--modes", default="strong,weak")
+    p = make_parser(__doc__, first_paragraph_only=False)
+    p.add_argument("--config", required=True, help="the training config every run starts from (YAML)")
+    p.add_argument("--backends", default="manual,ddp,fsdp", help="comma-separated backends to compare")
+    p.add_argument("--world-sizes", default="1,2,4", help="comma-separated N, or NODESxPER_NODE (2x2)")
+    p.add_argument("--modes", default="strong,weak", help="strong (same global batch), weak (same per-rank batch), or both")
     p.add_argument("--per-rank-batch", type=int, default=0, help="b (default: the config's data.batch_size)")
-    p.add_argument("--steps", type=int, default=14)
+    p.add_argument("--steps", type=int, default=14, help="training steps per run")
     p.add_argument("--warmup", type=int, default=4, help="steps left out of the medians")
     p.add_argument("--threads-per-rank", type=int, default=1, help="OMP_NUM_THREADS of every rank")
-    p.add_argument("--runs-dir", default="runs/scaling")
+    p.add_argument("--runs-dir", default="runs/scaling", help="where the run folders go")
     p.add_argument("--out", required=True, help="report folder (report.md, results.json, plots)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
     p.add_argument("--note", action="append", default=[], help="a line for the report (repeatable)")

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 
 import torch
 
+from gptdist.cli import make_parser
 from gptdist.dtypes import DTYPES
 from gptdist.config import Config
 from gptdist.dist import DistContext, synchronize
@@ -273,28 +274,28 @@ def to_markdown(result: dict, notes: list[str]) -> str:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--preset", default="gpt2-tiny", choices=sorted(PRESETS), help="shape to start from")
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--n-layer", type=int, help="override the preset's n_layer")
+    p.add_argument("--n-head", type=int, help="override the preset's n_head")
+    p.add_argument("--n-embd", type=int, help="override the preset's n_embd")
+    p.add_argument("--vocab-size", type=int, help="override the preset's vocab_size")
     p.add_argument("--seq-len", "-T", type=int, help="T (default: the preset's block_size)")
-    p.add_argument("--batch-size", "-B", type=int, default=8)
+    p.add_argument("--batch-size", "-B", type=int, default=8, help="sequences per step")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the trainer's train.dtype: bf16 runs under autocast")
-    p.add_argument("--attention", choices=["sdpa", "naive"])
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--attention", choices=["sdpa", "naive"], help="override the preset's attention")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+    p.add_argument("--no-bias", action="store_true", help="no biases in Linear/LayerNorm")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block, as train.compile does")
     p.add_argument("--steps", type=int, default=20, help="timed steps per model per round")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     p.add_argument("--rounds", type=int, default=1,
                    help="interleaved rounds (with --reference: many short rounds, e.g. --steps 1 --rounds 30)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU where the table has none (e.g. a CPU)")
     p.add_argument("--reference", help="a nanoGPT-style model.py to time with the same harness")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="init and batch seed")
     p.add_argument("--out", help="write OUT.json and OUT.md")
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section of OUT.md")
     return p.parse_args(argv)

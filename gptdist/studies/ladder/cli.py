@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gptdist.studies.throughput import write_outputs
+from gptdist.cli import make_parser
+from gptdist.config import parse_overrides
 from gptdist.errors import ConfigError, GptdistError
 from gptdist.studies.ladder.spec import load_ladder
 from gptdist.studies.ladder.runner import LadderOptions, run_ladder
@@ -20,11 +22,10 @@ from gptdist.studies.ladder.report import to_markdown, plot
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
+    p.epilog = ("Baseline settings for every rung are config fields, as train.py takes them: "
+                "--data.batch_size=32 --train.compile=true")
     p.add_argument("--config", default="configs/ladder/default.yaml", help="the ladder file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a baseline setting for every rung, e.g. --set data.batch_size=32")
     p.add_argument("--only", help="comma-separated rung names to run; the others are reported as not selected")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--steps", type=int, default=5, help="timed steps per rung per round")
@@ -41,25 +42,25 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--name", help="run name (trace folder); default: the ladder file's name and a timestamp")
     p.add_argument("--out", help="write OUT.json, OUT.md and OUT.png")
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section of OUT.md")
-    return p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
+    args.overrides = rest
+    return args
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. data.batch_size=32")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw else ""
-    return out
+def baseline_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--section.key=value` arguments (the config's own syntax) -> {dotted key: value} for every rung."""
+    if "--set" in argv or any(a.startswith("--set=") for a in argv):
+        raise ConfigError("--set KEY=VALUE is gone: give the setting as a config field, e.g. --data.batch_size=32")
+    config_path, overrides = parse_overrides(argv)
+    if config_path is not None:
+        raise ConfigError("--config is given once (the ladder file)")
+    return {key: value.parsed if not isinstance(value.parsed, str) else str(value) for key, value in overrides}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        ladder = load_ladder(args.config, _parse_sets(args.set))
+        ladder = load_ladder(args.config, baseline_overrides(args.overrides))
         name = args.name or f"{Path(args.config).stem}_{dt.datetime.now():%Y%m%d_%H%M%S}"
         traces = None if args.traces is None else (args.traces or str(Path("traces") / "ladder" / name))
         opts = LadderOptions(

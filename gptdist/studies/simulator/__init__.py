@@ -63,5 +63,5 @@ from gptdist.studies.simulator.comm_model import (  # noqa: F401
     CommFn, comm_from_fit, comm_from_table, HardwareProfile, PROFILES, comm_from_profile, batch_compute_scale, cpu_contention, cpu_overlap, contention_from_runs,
 )
 from gptdist.studies.simulator.schedule import (  # noqa: F401
-    CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate,
+    SCHEDULE_OF, CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate,
 )

@@ -199,13 +199,17 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
                        "reshard_after_forward": reshard_after_forward})
 
 
+# Which schedule models which registered backend (gptdist.parallel.BACKENDS): the simulator's own knowledge.
+SCHEDULE_OF = {"manual": "allreduce", "ddp": "allreduce", "fsdp": "fsdp"}
+
+
 def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual", compute_scale: float = 1.0,
              contention: float = 1.0, overlap: bool = True, prefetch: bool = True, cpu_overlap: float = 1.0) -> Prediction:
-    if backend in ("manual", "ddp"):
+    if SCHEDULE_OF.get(backend) == "allreduce":
         if not t.buckets:
             raise ConfigError(f"{t.source or 'the timeline'} has no gradient buckets (an fsdp run?): "
                               f"{backend} needs a timeline from a manual or ddp run")
         return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend, cpu_overlap)
-    if backend == "fsdp":
+    if SCHEDULE_OF.get(backend) == "fsdp":
         return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)
-    raise ConfigError(f"the simulator models manual, ddp and fsdp, not {backend!r}")
+    raise ConfigError(f"the simulator models {', '.join(SCHEDULE_OF)}, not {backend!r}")
