@@ -75,9 +75,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     result["notes"] = args.note
     markdown = to_markdown(result, args.note)
-    print(markdown)
-    if args.out:
-        out = write_outputs(Path(args.out), result, markdown)
-        plot(result, out.with_suffix(".png"))
-        print(f"wrote {out.with_suffix('.json')}, .md and .png", file=sys.stderr)
+    if not args.out:  # no file to hold it: the whole report on the console
+        print(markdown)
+        return 0
+    out = write_outputs(Path(args.out), result, markdown)
+    plot(result, out.with_suffix(".png"))
+    # The console gets the table only (the report runs to hundreds of lines with the profiles).
+    print(markdown.split("\n## ")[0].strip())
+    print(f"\nfull report: {out.with_suffix('.md')} (raw: .json, chart: .png)")
     return 0
