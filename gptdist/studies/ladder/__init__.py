@@ -8,8 +8,9 @@ Side rungs branch from a named rung (`from:`), e.g. activation checkpointing and
 allows. `needs: cuda` marks a change that means nothing on a CPU: there the rung is reported as skipped and
 the rungs after it run without its change.
 
-Per rung, on the same model shape and the same random batch, with `gptdist.studies.throughput.TrainStep` (forward +
-backward + AdamW, synchronised clocks):
+Per rung, on the same model shape and the same random batch, with the trainer's step (gptdist/train_step.py,
+through `gptdist.studies.throughput.TimedTrainStep`: forward + backward + clipping + AdamW with parameter
+groups, synchronised clocks):
 - step time: warm-up (compile included), then `rounds` x `steps` timed steps, the rungs interleaved round by
   round (order flipped every round) so that a noisy machine slows them alike; median with p10/p90;
 - tokens/s, MFU (against the device's bf16 dense peak for every rung: one yardstick, the goal's);
