@@ -10,7 +10,7 @@ trade-off of the PyTorch DDP paper, Li et al. 2020, section 5.3). This script me
 For each cap it runs the training entry point under torchrun
 
     torchrun --standalone --nproc-per-node P launch/train.py --backend manual \\
-        --parallel.bucket_cap_mb=CAP --model.preset=PRESET --train.max_steps=STEPS \\
+        --parallel.manual.bucket_cap_mb=CAP --model.preset=PRESET --train.max_steps=STEPS \\
         --log.out_dir=OUT/runs --log.run_name=bucket_CAPmb [extra overrides after --]
 
 reads the per-step `step_ms` from OUT/runs/bucket_CAPmb/metrics.jsonl (one JSON object per line),
@@ -109,7 +109,7 @@ def train_command(args: SweepArgs, cap_mb: float) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
         str(args.train_script),
         "--backend", "manual",
-        f"--parallel.bucket_cap_mb={cap_mb:g}",
+        f"--parallel.manual.bucket_cap_mb={cap_mb:g}",
         f"--model.preset={args.preset}",
         f"--train.max_steps={args.steps}",
         f"--log.out_dir={args.out / 'runs'}",

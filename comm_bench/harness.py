@@ -41,8 +41,8 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from gptdist import alphabeta
-from gptdist.alphabeta import OPS, busbw_factor
+from gptdist.studies import alphabeta
+from gptdist.studies.alphabeta import OPS, busbw_factor
 from gptdist.dist import DistContext, init_distributed, launched_by_torchrun, teardown
 from gptdist.errors import ConfigError, GptdistError
 

@@ -22,8 +22,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gptdist import alphabeta  # noqa: E402
-from gptdist.alphabeta import OPS  # noqa: E402
+from gptdist.studies import alphabeta  # noqa: E402
+from gptdist.studies.alphabeta import OPS  # noqa: E402
 from gptdist.errors import ConfigError  # noqa: E402
 
 

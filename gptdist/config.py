@@ -183,32 +183,29 @@ class LogSection:
     tensorboard: bool = False
 
 
-@dataclass
-class ParallelSection:
-    """Options of the data-parallel backends (`backend` picks one).
+def _parallel_section() -> type:
+    """`parallel`: one subsection `parallel.<name>` per registered backend, the backend's own `Options`."""
+    from gptdist.parallel import BACKENDS
 
-    Fields:
-        bucket_cap_mb: manual: gradient bucket size cap
-        first_bucket_mb: manual: the first bucket (last layers' grads) is small so comm starts early
-        overlap: manual: launch each bucket's all-reduce during backward; False = after backward
-        ddp_bucket_cap_mb: ddp: DDP's bucket_cap_mb
-        gradient_as_bucket_view: ddp: DDP's gradient_as_bucket_view (grads alias the buckets, less memory)
-        reshard_after_forward: fsdp: True = ZeRO-3 (free gathered params after forward); False = ZeRO-2
-        param_dtype: fsdp: auto = bf16 on CUDA, fp32 on CPU
-        reduce_dtype: fsdp: dtype of the gradient reduce-scatter
-    """
+    fields = [(name, cls.Options, field(default_factory=cls.Options)) for name, cls in BACKENDS.items()]
+    section = dataclasses.make_dataclass("ParallelSection", fields)
+    section.__doc__ = "Options of the data-parallel backends, one subsection each (`backend` picks one)."
+    return section
 
-    # manual backend
-    bucket_cap_mb: float = 25.0
-    first_bucket_mb: float = 1.0
-    overlap: bool = True
-    # ddp backend
-    ddp_bucket_cap_mb: float = 25.0
-    gradient_as_bucket_view: bool = True
-    # fsdp backend
-    reshard_after_forward: bool = True
-    param_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+
+ParallelSection = _parallel_section()
+BACKEND_NAMES = tuple(f.name for f in dataclasses.fields(ParallelSection))
+# Keys of the flat `parallel` section before each backend had its own subsection: old -> new.
+MOVED_PARALLEL_KEYS = {
+    "bucket_cap_mb": "parallel.manual.bucket_cap_mb",
+    "first_bucket_mb": "parallel.manual.first_bucket_mb",
+    "overlap": "parallel.manual.overlap",
+    "ddp_bucket_cap_mb": "parallel.ddp.bucket_cap_mb",
+    "gradient_as_bucket_view": "parallel.ddp.gradient_as_bucket_view",
+    "reshard_after_forward": "parallel.fsdp.reshard_after_forward",
+    "param_dtype": "parallel.fsdp.param_dtype",
+    "reduce_dtype": "parallel.fsdp.reduce_dtype",
+}
 
 
 @dataclass
@@ -261,10 +258,11 @@ class Config:
     """A whole run: the backend plus one section per concern.
 
     Fields:
-        backend: none = one process; manual / ddp / fsdp = data parallel over torchrun's ranks
+        backend: which data-parallel backend: none = one process; the others (gptdist.parallel.BACKENDS) are
+            data parallel over torchrun's ranks
     """
 
-    backend: Literal["none", "manual", "ddp", "fsdp"] = "none"
+    backend: Literal[BACKEND_NAMES] = "none"  # one of gptdist.parallel.BACKENDS
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -362,6 +360,8 @@ def _unknown_key(key: str, choices: list[str]) -> ConfigError:
 def _set(obj: Any, dotted: str, value: Any) -> None:
     """Set `a.b` on a (nested) dataclass, checking the key and the type."""
     parts = dotted.split(".")
+    if len(parts) == 2 and parts[0] == "parallel" and parts[1] in MOVED_PARALLEL_KEYS:
+        raise ConfigError(f"{dotted} has moved: use {MOVED_PARALLEL_KEYS[parts[1]]}")
     target = obj
     prefix = []
     for part in parts[:-1]:
@@ -485,18 +485,14 @@ def validate(cfg: Config) -> None:
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("checkpoint.keep_last must be >= 1")
     # Options that only one backend reads: refuse them elsewhere rather than silently ignoring them.
-    defaults = ParallelSection()
-    owners = {
-        "manual": ("bucket_cap_mb", "first_bucket_mb", "overlap"),
-        "ddp": ("ddp_bucket_cap_mb", "gradient_as_bucket_view"),
-        "fsdp": ("reshard_after_forward", "param_dtype", "reduce_dtype"),
-    }
-    for backend, names in owners.items():
-        if cfg.backend == backend:
+    for backend in BACKEND_NAMES:
+        if backend == cfg.backend:
             continue
-        for name in names:
-            if getattr(cfg.parallel, name) != getattr(defaults, name):
-                raise ConfigError(f"parallel.{name} is a {backend} option but backend is {cfg.backend!r}")
+        options = getattr(cfg.parallel, backend)
+        default = type(options)()
+        for f in dataclasses.fields(options):
+            if getattr(options, f.name) != getattr(default, f.name):
+                raise ConfigError(f"parallel.{backend}.{f.name} is a {backend} option but backend is {cfg.backend!r}")
 
 
 def resolve_model(cfg: Config):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from gptdist.errors import ConfigError
+from gptdist.net import free_port
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ class DistContext:
         return max(1, self.world_size // max(1, self.local_world_size))
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -62,12 +68,6 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device
             )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
@@ -128,7 +128,7 @@ def init_distributed(
         else:
             dist.init_process_group(
                 backend=backend,
-                init_method=f"tcp://127.0.0.1:{_free_port()}",
+                init_method=f"tcp://127.0.0.1:{free_port()}",
                 rank=0,
                 world_size=1,
                 timeout=timeout,

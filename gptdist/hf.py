@@ -21,8 +21,6 @@ pass the tokenizer's size as `vocab_limit`; elsewhere compare a padded pretraine
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from pathlib import Path
 from typing import Mapping, Optional, Union
 from urllib.parse import urlparse
@@ -30,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
+from gptdist.net import reachable
 from gptdist.errors import CheckpointError, GptdistError
 from gptdist.model import GPT, GPTConfig, pad_vocab
 
@@ -211,23 +210,6 @@ def _hf_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
 
 
-def _reachable(host: str, port: int = 443, timeout_s: float = 2.0) -> bool:
-    """TCP connect within timeout_s. Run in a thread so a slow DNS lookup cannot hold us either."""
-    result = [False]
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                result[0] = True
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s + 0.5)
-    return result[0]
-
-
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -259,7 +241,7 @@ def from_pretrained(name_or_path: str, mirror: Optional[Union[str, os.PathLike]]
 
     offline = folder is not None or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
     why_offline = "HF_HUB_OFFLINE is set"
-    if not offline and not _reachable(_hf_host()):
+    if not offline and not reachable(_hf_host(), timeout_s=2.0):
         offline, why_offline = True, f"{_hf_host()}:443 is not reachable"
 
     from transformers import GPT2LMHeadModel

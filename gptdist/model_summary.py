@@ -1,6 +1,6 @@
 """Print the model presets as a Markdown table, parameter counts taken from the built model.
 
-    python -m gptdist.model_summary > docs/results/model_presets.md
+    python -m gptdist.model_summary > docs/results/model_presets/README.md
 
 Models are built on the meta device (shapes, no memory), so even GPT-2 XL counts in milliseconds.
 """

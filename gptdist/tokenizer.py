@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 from gptdist.errors import TokenizerError
+from gptdist.net import reachable
 
 EOT_TOKEN = 50256  # <|endoftext|>: separates documents in our shards
 GPT2_VOCAB_SIZE = 50257
@@ -80,14 +80,6 @@ def seed_cache_from_mirror(mirror: str | os.PathLike) -> Path:
     return dst
 
 
-def _host_reachable(host: str, timeout_s: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def get_tokenizer(mirror: Optional[str | os.PathLike] = None):
     """tiktoken's `gpt2` encoding, from cache, mirror or network — or a TokenizerError within seconds."""
     import tiktoken
@@ -96,7 +88,7 @@ def get_tokenizer(mirror: Optional[str | os.PathLike] = None):
         m = mirror_dir(mirror)
         if m is not None:
             seed_cache_from_mirror(m)
-        elif not _host_reachable(BPE_HOST):
+        elif not reachable(BPE_HOST):
             raise TokenizerError(
                 f"GPT-2 BPE files are not cached in {cache_dir()} and {BPE_HOST} is unreachable; "
                 f"set {MIRROR_ENV}=/path/to/mirror (a folder with gpt2_bpe/vocab.bpe and gpt2_bpe/encoder.json)"

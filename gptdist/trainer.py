@@ -17,7 +17,6 @@ exposed comm, overlap, memory, CPU) joins the step's metrics, and the run ends w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -35,7 +34,7 @@ from gptdist import checkpoint as ckpt
 from gptdist import flops
 from gptdist.config import Config, batch_plan, resolve_model
 from gptdist.data.loader import TokenLoader
-from gptdist.dist import DistContext
+from gptdist.dist import DistContext, synchronize
 from gptdist.errors import GptdistError
 from gptdist.evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from gptdist.evaluate import sample_text, validation_loss
@@ -43,32 +42,14 @@ from gptdist.instrument.instrumentation import Instrumentation
 from gptdist.instrument.sinks import MetricsLogger
 from gptdist.instrument.watchdog import StallWatchdog
 from gptdist.model import GPT
-from gptdist.optim import build_optimizer, lr_at, set_lr
-from gptdist.parallel import parallelize
+from gptdist.optim import lr_at
 from gptdist.run_dir import prepare_run_dir, setup_logging
 from gptdist.tokenizer import GPT2_VOCAB_SIZE
+from gptdist.train_step import TrainStep, autocast_context, resolve_dtype
 
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-def resolve_dtype(setting: str, device: torch.device) -> str:
-    if setting == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return setting
-
-
-def autocast_context(dtype: str, device: torch.device):
-    """bf16 autocast (matmuls in bf16, master weights and optimizer in fp32), or nothing for fp32."""
-    if dtype == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclasses.dataclass
@@ -116,8 +97,10 @@ class Trainer:
         # Same seed on every rank: identical initial weights (the backends also broadcast from rank 0).
         torch.manual_seed(cfg.train.seed)
         model = GPT(self.model_config).to(self.device)
-        self.backend = parallelize(model, cfg, ctx, self.instr.recorder)
-        self.optimizer = build_optimizer(self.backend.module, cfg.train, self.device)
+        # The step itself (compile, backend, optimizer groups, clipping) is gptdist/train_step.py's, the
+        # same one the ladder and the throughput benchmark time.
+        self.stepper = TrainStep(model, cfg, ctx, self.instr.recorder, phase=self.instr.phase)
+        self.backend, self.optimizer = self.stepper.backend, self.stepper.optimizer
         self.step = 0  # optimizer steps done
         if self.resume_from is not None:
             self._resume(self.resume_from)
@@ -184,29 +167,11 @@ class Trainer:
         # No synchronize here: the previous step ended with one, and one at each end would only add a stall.
         t0 = time.perf_counter()
         instr.begin_step(self.step + 1)
-        data_s = 0.0
-        loss_sum = torch.zeros((), device=self.device)
-        for micro_step in range(plan.grad_accum):
-            self._phase = f"forward/backward of micro-step {micro_step}"
-            t_data = time.perf_counter()
-            with instr.phase("data"):
-                x, y = self.train_loader.next_batch()
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            data_s += time.perf_counter() - t_data
-            # Must be set before the forward: DDP decides in forward whether backward will all-reduce.
-            backend.set_grad_sync(micro_step == plan.grad_accum - 1)
-            with instr.phase("forward"), autocast_context(self.dtype, self.device):
-                _, loss = backend.module(x, y)
-            # Each micro-step's loss is a mean over its tokens; dividing by grad_accum makes the summed
-            # gradient the mean over the whole step's tokens, as one big batch would give.
-            with instr.phase("backward"):
-                (loss / plan.grad_accum).backward()
-            loss_sum += loss.detach()
+        loss_sum, data_s = self.stepper.forward_backward(
+            self.train_loader.next_batch, plan.grad_accum,
+            on_micro_step=lambda i: setattr(self, "_phase", f"forward/backward of micro-step {i}"))
         self._phase = "gradient sync"
-        with instr.phase("grad_sync"):
-            backend.finish_grad_sync()
-        with instr.phase("clip"):
-            grad_norm = backend.clip_grad_norm(self.cfg.train.grad_clip)  # the global norm: same on every rank
+        grad_norm = self.stepper.sync_and_clip()
 
         # One small all-reduce carries the loss (for the log) and the stop request (SIGTERM), so every
         # rank agrees on both at the same step boundary.
@@ -233,12 +198,9 @@ class Trainer:
             self.log.warning(f"{message}; skipping the update (train.on_nonfinite=skip)")
         else:
             self._phase = "optimizer"
-            with instr.phase("optimizer"):
-                set_lr(self.optimizer, lr)
-                self.optimizer.step()
-        with instr.phase("zero_grad"):
-            backend.zero_grad()
-        _sync(self.device)
+            self.stepper.update(lr)
+        self.stepper.zero_grad()
+        synchronize(self.device)
         t_end = time.perf_counter()
         step_s = t_end - t0
         # The step period: from the previous step's end to this one's, so host work between steps (logging,

@@ -6,14 +6,13 @@
 Prints one row per rank (ms over the profiled steps); --json prints the numbers as JSON instead.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gptdist.cli import main_guard  # noqa: E402
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 from gptdist.errors import ConfigError  # noqa: E402
 from gptdist.instrument.profiler import load_trace  # noqa: E402
 from gptdist.instrument.trace_analysis import analyze_trace, live_totals, profiled_steps  # noqa: E402
@@ -22,10 +21,10 @@ COLUMNS = ("window_ms", "compute_ms", "comm_ms", "overlapped_ms", "exposed_ms", 
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("trace", help="a rank{r}.json or merged.json (optionally .gz)")
     p.add_argument("--run", help="the run folder, to compare with its ranks/rank{r}/steps.jsonl")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON instead of a table")
     args = p.parse_args(argv)
     if not Path(args.trace).is_file():
         raise ConfigError(f"trace not found: {args.trace}")

@@ -11,7 +11,6 @@ two medians: both runs of a pair see about the same machine load). Writes <out>.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import torch  # noqa: E402
 
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 from synthetic import make_token_dataset  # noqa: E402
 
 COMMON = {"model.preset": "gpt2-tiny", "model.vocab_size": 96, "data.batch_size": 8, "data.seq_len": 64,
@@ -53,14 +53,14 @@ def quartiles(xs: list[float]) -> list[float]:
     return statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> None:
+    p = make_parser(__doc__)
     p.add_argument("--out", required=True, help="output path without extension")
-    p.add_argument("--pairs", type=int, default=6)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--skip", type=int, default=5)
-    p.add_argument("--settings", default="manual-2,none-1")
-    args = p.parse_args()
+    p.add_argument("--pairs", type=int, default=6, help="on/off pairs of runs per setting (interleaved)")
+    p.add_argument("--steps", type=int, default=40, help="training steps per run")
+    p.add_argument("--skip", type=int, default=5, help="first steps of each run left out (warm-up)")
+    p.add_argument("--settings", default="manual-2,none-1", help="comma-separated BACKEND-WORLDSIZE settings to measure")
+    args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_instr_"))
     data = make_token_dataset(tmp / "data", train_tokens=200_000, val_tokens=4_000)
     result = {"date": "2026-11-21", "command": "python launch/bench_instrumentation.py " + " ".join(sys.argv[1:]),
@@ -106,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main, sys.argv[1:])

@@ -10,7 +10,6 @@ numbers equal a single-process run. See docs/evaluation.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -20,12 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 from gptdist.errors import GptdistError  # noqa: E402
-from gptdist.evaluate import add_model_source_args  # noqa: E402
+from gptdist.evals.runner import add_model_source_args  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__)
     add_model_source_args(p)
     p.add_argument("--tasks", default="hellaswag,lambada", help="comma-separated: val, hellaswag, lambada")
     p.add_argument("--limit", type=int, default=0, help="first N HellaSwag items / LAMBADA passages (0 = all: 10,042 and 5,153, tens of minutes on a "
@@ -37,8 +37,8 @@ def parse_args(argv):
     p.add_argument("--items-per-forward", type=int, default=1, help="HellaSwag items per forward (4 rows each)")
     p.add_argument("--hellaswag-file", help="HellaSwag jsonl (default: mirror copy, else official download)")
     p.add_argument("--lambada-file", help="LAMBADA jsonl (default: mirror copy, else OpenAI's download)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16 (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="init seed for --random-init")
     p.add_argument("--json", help="write the results (and how they were made) to this file (rank 0)")
     p.add_argument("--no-progress", action="store_true",
@@ -49,10 +49,14 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from gptdist.dist import init_distributed, teardown
-    from gptdist.evaluate import autocast_factory, load_model_for_eval, parse_tasks, run_eval_tasks
+    from gptdist.evals.common import autocast_factory
+    from gptdist.evals.runner import load_model_for_eval, parse_tasks, run_eval_tasks
     from gptdist.tokenizer import get_tokenizer
 
+    from gptdist.dtypes import check_dtype_name
+
     try:
+        check_dtype_name(args.dtype, ("auto", "fp32", "bf16"), "--dtype")
         tasks = parse_tasks(args.tasks)
         ctx = init_distributed(args.device)
         enc = get_tokenizer()
@@ -94,4 +98,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, sys.argv[1:])

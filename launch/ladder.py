@@ -3,7 +3,7 @@
     python launch/ladder.py --config configs/ladder/default.yaml --out runs/ladder/gpt2
     python launch/ladder.py --config configs/ladder/cpu_tiny.yaml --threads 2 --out runs/ladder/cpu
 
-See gptdist/ladder.py for what is measured and docs/ladder.md for how to read the results.
+See gptdist/studies/ladder/ for what is measured and docs/ladder.md for how to read the results.
 """
 
 import sys
@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gptdist.ladder import main  # noqa: E402
+from gptdist.cli import main_guard  # noqa: E402
+from gptdist.studies.ladder import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, sys.argv[1:])

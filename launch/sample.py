@@ -8,33 +8,34 @@ Works on CPU and GPU; the same --seed gives the same samples on the same device.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 from gptdist.errors import GptdistError  # noqa: E402
-from gptdist.evaluate import add_model_source_args  # noqa: E402
+from gptdist.evals.runner import add_model_source_args  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__)
     add_model_source_args(p)
     p.add_argument("--prompt", default="Hello, I'm a language model,", help="empty: start from <|endoftext|>")
-    p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-samples", type=int, default=4, help="samples to draw")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per sample")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=50, help="0 = no top-k cut")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from gptdist.dist import choose_device
-    from gptdist.evaluate import load_model_for_eval, sample_text
+    from gptdist.evals.runner import load_model_for_eval
+    from gptdist.evaluate import sample_text
     from gptdist.tokenizer import get_tokenizer
 
     try:
@@ -57,4 +58,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, sys.argv[1:])

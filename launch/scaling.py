@@ -5,35 +5,34 @@
     python launch/scaling.py ... --world-sizes 1,2,4,8,2x8      # a GPU box (2x8: 2 nodes, rehearsed on one host)
 
 Extra train.py overrides after `--`. `--report-only` rebuilds the report from the run folders of an earlier
-run (e.g. with another --warmup or --out). See gptdist/scaling.py and docs/scaling.md.
+run (e.g. with another --warmup or --out). See gptdist/studies/scaling/ and docs/scaling.md.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gptdist.cli import main_guard  # noqa: E402
+from gptdist.cli import main_guard, make_parser  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    from gptdist import scaling
-    from gptdist.config import build_config
+    from gptdist.studies import scaling
+    from gptdist.config import build_config, parse_overrides
     from gptdist.errors import ConfigError
 
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--backends", default="manual,ddp,fsdp")
-    p.add_argument("--world-sizes", default="1,2,4")
-    p.add_argument("--modes", default="strong,weak")
+    p = make_parser(__doc__, first_paragraph_only=False)
+    p.add_argument("--config", required=True, help="the training config every run starts from (YAML)")
+    p.add_argument("--backends", default="manual,ddp,fsdp", help="comma-separated backends to compare")
+    p.add_argument("--world-sizes", default="1,2,4", help="comma-separated N, or NODESxPER_NODE (2x2)")
+    p.add_argument("--modes", default="strong,weak", help="strong (same global batch), weak (same per-rank batch), or both")
     p.add_argument("--per-rank-batch", type=int, default=0, help="b (default: the config's data.batch_size)")
-    p.add_argument("--steps", type=int, default=14)
+    p.add_argument("--steps", type=int, default=14, help="training steps per run")
     p.add_argument("--warmup", type=int, default=4, help="steps left out of the medians")
     p.add_argument("--threads-per-rank", type=int, default=1, help="OMP_NUM_THREADS of every rank")
-    p.add_argument("--runs-dir", default="runs/scaling")
+    p.add_argument("--runs-dir", default="runs/scaling", help="where the run folders go")
     p.add_argument("--out", required=True, help="report folder (report.md, results.json, plots)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
     p.add_argument("--note", action="append", default=[], help="a line for the report (repeatable)")
@@ -43,7 +42,10 @@ def main(argv: list[str]) -> None:
     if args.warmup >= args.steps:
         raise ConfigError("--warmup must be below --steps")
 
-    cfg = build_config(args.config, extra)
+    extra_config, overrides = parse_overrides(extra)  # the same reading train.py gives them
+    if extra_config is not None:
+        raise ConfigError("give the config as --config before `--`, not among the train overrides")
+    cfg = build_config(args.config, overrides)
     b = args.per_rank_batch or cfg.data.batch_size
     layouts = scaling.parse_world_sizes(args.world_sizes)
     modes = [m.strip() for m in args.modes.split(",")]
@@ -60,11 +62,13 @@ def main(argv: list[str]) -> None:
             run_dir = scaling.run_spec(spec, args.config, runs_dir, args.steps, args.threads_per_rank, args.timeout, extra)
         results.append(scaling.collect_run(run_dir, spec, args.warmup))
     rows = scaling.analyse(results, modes)
+    from gptdist.provenance import provenance
+
     meta = {"command": "python launch/scaling.py " + " ".join(sys.argv[1:]), "config": args.config,
             "backends": backends, "world_sizes": args.world_sizes, "modes": modes, "steps": args.steps,
             "warmup": args.warmup, "threads_per_rank": args.threads_per_rank, "per_rank_batch": b,
             "global_batch": b * max(l.world for l in layouts), "seq_len": cfg.data.seq_len, "extra": extra,
-            "env": scaling.environment()}
+            "provenance": provenance(command="python launch/scaling.py " + " ".join(sys.argv[1:]), config=args.config)}
     out = Path(args.out)
     scaling.write_report(out, rows, results, meta, args.note)
     print(scaling.markdown_table(rows))

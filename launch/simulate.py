@@ -1,4 +1,4 @@
-"""Scaling simulator CLI (gptdist/simulator.py).
+"""Scaling simulator CLI (gptdist/studies/simulator/).
 
     # 1. a timeline from a measured 1-rank run (manual; ddp: DDP's own bucket layout; fsdp: its own compute)
     python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
@@ -16,18 +16,17 @@
     python launch/simulate.py model --preset gpt2 --seq-len 1024 --batch 16 --mfu 0.4 --peak-tflops 989 --out t.json
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gptdist.cli import main_guard  # noqa: E402
+from gptdist.cli import HelpFormatter, main_guard, make_parser  # noqa: E402
 
 
 def _comm(args):
-    from gptdist import simulator
+    from gptdist.studies import simulator
     from gptdist.errors import ConfigError
 
     if sum(map(bool, (args.fit, args.profile, args.comm_table))) != 1:
@@ -54,21 +53,24 @@ def _measured_contention(args) -> dict[int, float]:
 def _timeline_paths(text: str, what: str) -> dict[str, str]:
     """"PATH" -> {"": PATH}; "manual=A,ddp=B" -> {"manual": A, "ddp": B}."""
     from gptdist.errors import ConfigError
+    from gptdist.parallel import BACKENDS
+    from gptdist.studies.simulator import SCHEDULE_OF
 
     if "=" not in text:
         return {"": text}
+    modelled = [b for b in BACKENDS if b in SCHEDULE_OF]
     out = {}
     for item in text.split(","):
         backend, sep, path = item.partition("=")
-        if not sep or backend.strip() not in ("manual", "ddp", "fsdp") or not path:
-            raise ConfigError(f"{what}: expected PATH or BACKEND=PATH,... with backends manual, ddp, fsdp; got {item!r}")
+        if not sep or backend.strip() not in modelled or not path:
+            raise ConfigError(f"{what}: expected PATH or BACKEND=PATH,... with backends {', '.join(modelled)}; got {item!r}")
         out[backend.strip()] = path
     return out
 
 
 def _timeline_for(paths: dict[str, str], backend: str, what: str = "timeline"):
     """The backend's own timeline (BACKEND=PATH), or the one PATH given for every backend."""
-    from gptdist import simulator
+    from gptdist.studies import simulator
     from gptdist.errors import ConfigError
 
     if "" in paths:
@@ -81,7 +83,7 @@ def _timeline_for(paths: dict[str, str], backend: str, what: str = "timeline"):
 def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     """Predicted rows for each layout. tokens_per_rank (one per layout): the per-rank batch to predict for
     (validate passes the study's); default: the timeline's batch split over N (strong) or kept (weak)."""
-    from gptdist import scaling, simulator
+    from gptdist.studies import scaling, simulator
     from gptdist.errors import ConfigError
 
     comm = _comm(args)
@@ -133,44 +135,44 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
 
 
 def main(argv: list[str]) -> None:
-    from gptdist import scaling, simulator
+    from gptdist.studies import scaling, simulator
     from gptdist.errors import ConfigError
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__, first_paragraph_only=False)
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("extract", help="timeline.json from a 1-rank run folder (manual, ddp or fsdp)")
-    e.add_argument("run")
+    e = sub.add_parser("extract", formatter_class=HelpFormatter, help="timeline.json from a 1-rank run folder (manual, ddp or fsdp)")
+    e.add_argument("run", help="a 1-rank instrumented run folder")
     e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
-    e.add_argument("--out", required=True)
-    m = sub.add_parser("model", help="a MODELLED single-GPU timeline from FLOPs at an assumed MFU")
-    m.add_argument("--preset", default="gpt2")
-    m.add_argument("--vocab-size", type=int, default=50304)
-    m.add_argument("--seq-len", type=int, default=1024)
+    e.add_argument("--out", required=True, help="timeline JSON to write")
+    m = sub.add_parser("model", formatter_class=HelpFormatter, help="a MODELLED single-GPU timeline from FLOPs at an assumed MFU")
+    m.add_argument("--preset", default="gpt2", help="model preset (gptdist.model.PRESETS)")
+    m.add_argument("--vocab-size", type=int, default=50304, help="vocabulary size")
+    m.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence")
     m.add_argument("--batch", type=int, default=16, help="sequences per rank")
-    m.add_argument("--peak-tflops", type=float, default=989.0)
-    m.add_argument("--mfu", type=float, default=0.4)
-    m.add_argument("--optimizer-ms", type=float, default=0.0)
-    m.add_argument("--out", required=True)
+    m.add_argument("--peak-tflops", type=float, default=989.0, help="device peak TFLOP/s (assumed)")
+    m.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    m.add_argument("--optimizer-ms", type=float, default=0.0, help="assumed optimizer step time (ms)")
+    m.add_argument("--out", required=True, help="timeline JSON to write")
     for name in ("predict", "validate"):
-        q = sub.add_parser(name)
+        q = sub.add_parser(name, formatter_class=HelpFormatter)
         q.add_argument("timeline", help="timeline.json, or BACKEND=PATH,... (one per backend)")
-        q.add_argument("--fit")
-        q.add_argument("--profile", choices=sorted(simulator.PROFILES))
+        q.add_argument("--fit", help="a comm_bench fit.json as the comm model")
+        q.add_argument("--profile", choices=sorted(simulator.PROFILES), help="a named hardware profile as the comm model")
         q.add_argument("--comm-table", help="comm_bench results.json files or folders, comma-separated (measured "
                        "times, interpolated; only the measured world sizes)")
-        q.add_argument("--backends", default="manual")
-        q.add_argument("--modes", default="strong")
+        q.add_argument("--backends", default="manual", help="comma-separated backends to predict")
+        q.add_argument("--modes", default="strong", help="strong, weak, or both")
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
-        q.add_argument("--threads-per-rank", type=int, default=1)
+        q.add_argument("--threads-per-rank", type=int, default=1, help="threads per rank (CPU contention model)")
         q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C)")
         q.add_argument("--small-timeline", help="a second 1-rank timeline at a smaller batch: compute(batch) affine "
                        "(PATH or BACKEND=PATH,...)")
-        q.add_argument("--no-overlap", action="store_true")
-        q.add_argument("--no-prefetch", action="store_true")
+        q.add_argument("--no-overlap", action="store_true", help="all-reduces after backward (manual/ddp)")
+        q.add_argument("--no-prefetch", action="store_true", help="fsdp: no all-gather prefetch")
         q.add_argument("--out", help="report folder")
         if name == "predict":
-            q.add_argument("--world-sizes", default="1,2,4,8")
-            q.add_argument("--title", default="")
+            q.add_argument("--world-sizes", default="1,2,4,8", help="comma-separated N to predict")
+            q.add_argument("--title", default="", help="a note for the figures' titles")
         else:
             q.add_argument("--study", required=True, help="a scaling study's results.json")
     args = p.parse_args(argv)

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from gptdist.cli import main_guard, usage_or_help  # noqa: E402
 from gptdist.config import config_from_argv, config_reference  # noqa: E402
 from gptdist.dist import distributed  # noqa: E402
-from gptdist.parallel import NEEDS_GROUP  # noqa: E402
+from gptdist.parallel import needs_group  # noqa: E402
 from gptdist.trainer import train  # noqa: E402
 
 
@@ -25,7 +25,7 @@ before anything runs. Config fields (flag, type, default, meaning):"""
 def main(argv: list[str]) -> None:
     usage_or_help(argv, USAGE, config_reference)
     cfg = config_from_argv(argv)
-    with distributed(cfg.train.device, cfg.dist.timeout_s, need_group=cfg.backend in NEEDS_GROUP) as ctx:
+    with distributed(cfg.train.device, cfg.dist.timeout_s, need_group=needs_group(cfg.backend)) as ctx:
         train(cfg, ctx)
 
 

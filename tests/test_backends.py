@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from gptdist.config import ParallelSection
+from gptdist.parallel.manual import ManualOptions
 from gptdist.model import GPT, PRESETS
 from gptdist.parallel.buckets import MB, plan_buckets
 from launchers import torchrun
@@ -120,7 +120,7 @@ def test_manual_grads_are_bucket_views_and_zero_grad_keeps_them(one_rank_group):
     ref = GPT(PRESETS["test"])
     torch.manual_seed(0)
     model = GPT(PRESETS["test"])
-    backend = ManualBackend(model, one_rank_group, ParallelSection(bucket_cap_mb=0.01, first_bucket_mb=0.002))
+    backend = ManualBackend(model, one_rank_group, ManualOptions(bucket_cap_mb=0.01, first_bucket_mb=0.002))
     views = {n: p.grad for n, p in model.named_parameters()}
     x = torch.randint(0, 96, (4, 8), generator=torch.Generator().manual_seed(1))
     for sync in (False, True):  # two micro-steps of accumulation

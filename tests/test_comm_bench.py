@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from comm_bench import bucket_sweep, harness
-from gptdist import alphabeta
+from gptdist.studies import alphabeta
 from gptdist.errors import ConfigError
 from launchers import python, torchrun
 
@@ -220,7 +220,7 @@ FAKE_TRAIN = textwrap.dedent(
     from pathlib import Path
     opts = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     assert sys.argv[sys.argv.index("--backend") + 1] == "manual"
-    cap, steps = float(opts["--parallel.bucket_cap_mb"]), int(opts["--train.max_steps"])
+    cap, steps = float(opts["--parallel.manual.bucket_cap_mb"]), int(opts["--train.max_steps"])
     if os.environ["RANK"] == "0":
         run = Path(opts["--log.out_dir"]) / opts["--log.run_name"]
         run.mkdir(parents=True)
@@ -252,7 +252,7 @@ def test_bucket_sweep_command_and_bad_args(tmp_path):
     args = bucket_sweep.parse_args(["--caps", "25,1", "--train-script", str(script), "--out", str(tmp_path), "--", "--data.batch_size=4"])
     assert args.caps_mb == [1.0, 25.0]
     cmd = bucket_sweep.train_command(args, 25.0)
-    for piece in ("--backend", "manual", "--parallel.bucket_cap_mb=25", "--model.preset=gpt2-tiny", "--train.max_steps=30",
+    for piece in ("--backend", "manual", "--parallel.manual.bucket_cap_mb=25", "--model.preset=gpt2-tiny", "--train.max_steps=30",
                   f"--log.out_dir={tmp_path / 'runs'}", "--log.run_name=bucket_25mb", "--data.batch_size=4"):
         assert piece in cmd
     for bad, message in ((["--caps", "1,x"], "comma list"), (["--caps", "0"], "> 0"), (["--steps", "5", "--warmup-steps", "5"], "larger than"),

@@ -27,7 +27,8 @@ from gptdist.dist import DistContext
 from gptdist.errors import DataError
 from gptdist.evals.hellaswag import HellaSwagItem, choose_endings, evaluate_hellaswag, load_hellaswag, render_item
 from gptdist.evals.lambada import evaluate_lambada, load_lambada, render_text, split_last_word
-from gptdist.evaluate import continuation_nll, rank_slice, sample_text, validation_loss
+from gptdist.evals.common import continuation_nll, rank_slice
+from gptdist.evaluate import sample_text, validation_loss
 from launchers import python, torchrun
 
 SINGLE = DistContext(0, 1, 0, 1, torch.device("cpu"), None)
@@ -162,7 +163,7 @@ def test_offline_download_fails_fast_with_a_clear_message(monkeypatch, tmp_path)
 
     monkeypatch.delenv("GPTDIST_DATA_MIRROR", raising=False)
     monkeypatch.setenv("GPTDIST_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(evals, "_reachable", lambda host, timeout_s=3.0: False)
+    monkeypatch.setattr(evals, "reachable", lambda host, timeout_s=3.0: False)
     with pytest.raises(DataError, match=r"raw\.githubusercontent\.com is unreachable; set GPTDIST_DATA_MIRROR"):
         load_hellaswag()
     with pytest.raises(DataError, match=r"openaipublic.*unreachable"):

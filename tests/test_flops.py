@@ -42,7 +42,6 @@ def test_param_count_matches_the_built_model(name, bias):
 def test_mfu():
     # 100k tokens/s of GPT-2 small at T=1024 on an H100 in bf16: 8.55e13 / 9.89e14 = 8.65 %.
     value = mfu(100_000, 855_166_464, 989e12)
-    assert value == pytest.approx(855_166_464e5 / 989e12)
     assert value == pytest.approx(0.086468, abs=1e-6)
     assert mfu(100_000, 855_166_464, None) is None
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from gptdist import scaling
+from gptdist.studies import scaling
 from gptdist.dist import emulated_node_devices
 from gptdist.errors import ConfigError
 

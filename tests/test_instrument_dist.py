@@ -106,7 +106,7 @@ def train_run(data_dir, out, name, backend, **extra):
     return run, steps
 
 
-SMALL_BUCKETS = {"parallel.bucket_cap_mb": 0.01, "parallel.first_bucket_mb": 0.002}
+SMALL_BUCKETS = {"parallel.manual.bucket_cap_mb": 0.01, "parallel.manual.first_bucket_mb": 0.002}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_step_invariants_and_metrics_keys(profiled_run):
 
 def test_overlap_off_exposes_all_communication(data_dir, tmp_path, profiled_run):
     _, steps, _ = profiled_run
-    _, off = train_run(data_dir, tmp_path, "overlap_off", "manual", **SMALL_BUCKETS, **{"parallel.overlap": False})
+    _, off = train_run(data_dir, tmp_path, "overlap_off", "manual", **SMALL_BUCKETS, **{"parallel.manual.overlap": False})
     check_invariants(off)
     for rows in off.values():
         for r in rows:  # every collective runs after backward, outside compute
@@ -162,7 +162,7 @@ def test_overlap_off_exposes_all_communication(data_dir, tmp_path, profiled_run)
 def test_ddp_wait_inside_backward_counts_as_exposed_communication(data_dir, tmp_path):
     """One DDP bucket: its all-reduce can only start once backward has computed every gradient, and DDP
     waits for it inside loss.backward(). That wait must show as exposed communication, not compute."""
-    _, steps = train_run(data_dir, tmp_path, "ddp_one_bucket", "ddp", **{"parallel.ddp_bucket_cap_mb": 100.0})
+    _, steps = train_run(data_dir, tmp_path, "ddp_one_bucket", "ddp", **{"parallel.ddp.bucket_cap_mb": 100.0})
     check_invariants(steps)
     for rows in steps.values():
         for r in rows[1:]:  # step 1: DDP still builds its buckets

@@ -34,7 +34,7 @@ SKIP = [
     (lambda w: any("gpt2_fineweb" in x or "gpt2_shakespeare_gpu" in x for x in w), "GPT-2 124M config: a GPU job"),
     (lambda w: "configs/ladder/default.yaml" in w, "the GPU ladder (GPT-2 124M, B=16, T=1024)"),
     (lambda w: "launch/scaling.py" in w,
-     "its torchrun jobs run in the repository root (gptdist/scaling.py, cwd=REPO), not in the walk's scratch "
+     "its torchrun jobs run in the repository root (gptdist/studies/scaling/plan.py, cwd=REPO), not in the walk's scratch "
      "folder; tests/test_scaling.py runs the study"),
     (lambda w: "configs/ladder/cpu_tiny.yaml" in w,
      "minutes of interleaved rounds and torch.compile on a CPU; tests/test_ladder.py runs the ladder"),

@@ -225,7 +225,7 @@ BAD_INPUTS = {
     "unknown key": ({"train.max_stepz": 3}, r"unknown config key 'train.max_stepz'"),
     "wrong type": ({"data.batch_size": "four"}, r"data.batch_size: expected an integer"),
     "batch vs world size": ({"train.global_batch_tokens": 4 * 32 * 3}, r"not a multiple of batch_size\*seq_len\*world_size"),
-    "fsdp option on manual": ({"parallel.reshard_after_forward": False}, r"is a fsdp option but backend is 'manual'"),
+    "fsdp option on manual": ({"parallel.fsdp.reshard_after_forward": False}, r"is a fsdp option but backend is 'manual'"),
     "missing data": ({"data.dir": "/nonexistent/data"}, r"no manifest.json in /nonexistent/data"),
 }
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gptdist.errors import ConfigError
-from gptdist.scaling import (PARTS, analyse, attribute_gap, efficiency, parse_world_sizes, per_step_values,
+from gptdist.studies.scaling import (PARTS, analyse, attribute_gap, efficiency, parse_world_sizes, per_step_values,
                              plan_runs, summarize_steps)
 from launchers import python
 from synthetic import make_token_dataset
@@ -87,7 +87,7 @@ def test_step_is_the_period_when_ranks_step_boundaries_drift():
 
 
 def test_analyse_rows_per_mode_and_backend():
-    from gptdist.scaling import RunResult, Stat
+    from gptdist.studies.scaling import RunResult, Stat
 
     def result(world, step_ms, modes):
         parts = {"compute": step_ms - 1, "exposed": 1.0, "wait": 0.0, "data": 0.0, "other": 0.0}
@@ -100,7 +100,7 @@ def test_analyse_rows_per_mode_and_backend():
 
 
 def test_a_layout_of_4_and_one_of_2x2_stay_separate_rows_and_points(tmp_path):
-    from gptdist.scaling import RunResult, Stat, plot_report
+    from gptdist.studies.scaling import RunResult, Stat, plot_report
 
     def result(world, layout, step_ms):
         parts = {"compute": step_ms - 1, "exposed": 1.0, "wait": 0.0, "data": 0.0, "other": 0.0}

@@ -8,7 +8,7 @@ import pytest
 from gptdist.config import build_config
 from gptdist.dist import init_distributed
 from gptdist.errors import ConfigError
-from gptdist.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table,
+from gptdist.studies.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table,
                                contention_from_runs, cpu_contention, cpu_overlap, fsdp_units, load_timeline,
                                modelled_timeline, simulate, timeline_from_run, timeline_from_steps)
 from gptdist.trainer import train
@@ -145,7 +145,7 @@ def test_fsdp_without_prefetch_exposes_every_gather():
 def test_fsdp_without_prefetch_waits_for_each_reduce_scatter():
     """CPU/gloo: FSDP2's reduce-scatters are blocking too. Without backward all-gathers (no reshard after
     forward) nothing else would stop h.1's reduce-scatter from overlapping h.0's backward."""
-    from gptdist.simulator import simulate_fsdp
+    from gptdist.studies.simulator import simulate_fsdp
 
     comm = linear_comm(5.0, 0.0)  # every collective 5 ms
     t = fsdp_timeline()
@@ -216,7 +216,7 @@ def test_ddp_marks_its_own_bucket_layout(tmp_path):
     cfg = build_config(None, {
         "backend": "ddp", "model.preset": "test", "data.dir": str(data), "data.batch_size": 2, "data.seq_len": 16,
         "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False, "log.out_dir": str(tmp_path),
-        "log.run_name": "run", "parallel.ddp_bucket_cap_mb": 0.01})
+        "log.run_name": "run", "parallel.ddp.bucket_cap_mb": 0.01})
     train(cfg, init_distributed("cpu", need_group=True))
     rank_dir = tmp_path / "run/ranks/rank0"
     rows = [json.loads(line) for line in (rank_dir / "steps.jsonl").read_text().splitlines()]
@@ -268,7 +268,7 @@ def test_manual_backend_marks_every_bucket_ready_inside_backward(tmp_path):
     cfg = build_config(None, {
         "backend": "manual", "model.preset": "test", "data.dir": str(data), "data.batch_size": 2, "data.seq_len": 16,
         "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False, "log.out_dir": str(tmp_path),
-        "log.run_name": "run", "parallel.bucket_cap_mb": 0.01, "parallel.first_bucket_mb": 0.001})
+        "log.run_name": "run", "parallel.manual.bucket_cap_mb": 0.01, "parallel.manual.first_bucket_mb": 0.001})
     train(cfg, init_distributed("cpu", need_group=True))
     rows = [json.loads(line) for line in (tmp_path / "run/ranks/rank0/steps.jsonl").read_text().splitlines()]
     for r in rows:
@@ -297,7 +297,7 @@ def test_modelled_timeline_is_flops_at_mfu():
 
 
 def test_batch_compute_scale_is_affine_through_two_points():
-    from gptdist.simulator import batch_compute_scale
+    from gptdist.studies.simulator import batch_compute_scale
 
     big = Timeline(pre_ms=30.0, backward_ms=70.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=800)
     small = Timeline(pre_ms=10.0, backward_ms=20.0, post_ms={}, other_ms=0.0, buckets=[], tokens_per_step=200)

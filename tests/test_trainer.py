@@ -102,17 +102,6 @@ def test_checkpoint_from_another_model_shape_is_refused(data_dir, tmp_path):
         Trainer(cfg, init_distributed("cpu"))
 
 
-def test_interrupted_save_leaves_previous_checkpoint(data_dir, tmp_path):
-    train(tiny(data_dir, tmp_path, **{"train.max_steps": 3, "eval.val_every": 0}), init_distributed("cpu"))
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    # What a save killed half-way leaves behind: a .tmp folder without COMPLETE.
-    stale = ckpt_dir / "step_000009.tmp"
-    stale.mkdir()
-    (stale / "meta.json").write_text("{}")
-    assert ckpt.latest_checkpoint(ckpt_dir).name == "step_000003"
-    assert ckpt.resolve(tmp_path / "run").name == "step_000003"
-
-
 def test_gpt2_vocab_run_logs_hellaswag_and_samples(data_dir, tmp_path):
     """With GPT-2's vocabulary the loop also scores HellaSwag (a few items) and writes text samples."""
     cfg = tiny(data_dir, tmp_path, **{
@@ -122,7 +111,9 @@ def test_gpt2_vocab_run_logs_hellaswag_and_samples(data_dir, tmp_path):
     train(cfg, init_distributed("cpu"))
     run = tmp_path / "run"
     (hs,) = read_metrics(run, "eval")
-    assert hs["step"] == 2 and 0.0 <= hs["hellaswag_acc_norm"] <= 1.0 and 0.0 <= hs["hellaswag_acc"] <= 1.0
+    # Exactly the 8 items were scored: each accuracy is a count of them over 8.
+    assert hs["step"] == 2
+    assert (hs["hellaswag_acc"] * 8).is_integer() and (hs["hellaswag_acc_norm"] * 8).is_integer()
     (sample,) = read_metrics(run, "sample")
     assert sample["text"][0].startswith("ROMEO:")
     assert "=== step 2 sample 0\nROMEO:" in (run / "samples.txt").read_text()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gptdist import alphabeta
+from gptdist.studies import alphabeta
 from gptdist.cluster.netns import parse_rate
 from gptdist.errors import ConfigError
 

@@ -39,6 +39,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 import gptdist
+from gptdist.cli import HelpFormatter
 from gptdist.data.shards import HEADER_BYTES, TOKEN_DTYPE, write_shard
 from gptdist.data.sources import Source, resolve_source
 from gptdist.errors import DataError, GptdistError
@@ -322,7 +323,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineErrorParser(
-        prog="prepare_data.py",
+        prog="prepare_data.py", formatter_class=HelpFormatter,
         description="Tokenise a text source with GPT-2's BPE into llm.c-format shards plus manifest.json.",
     )
     p.add_argument("--source", required=True,

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import Callable, Iterator, Optional
 
 from gptdist import tokenizer
 from gptdist.jsonl import read_jsonl
+from gptdist.net import reachable
 from gptdist.errors import DataError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -49,24 +48,6 @@ class Source:
     extra: dict = field(default_factory=dict)
 
 
-def _reachable(host: str, port: int = 443, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """A TCP connect with a short timeout: the fast answer to "are we offline?". The connect runs in a
-    daemon thread because the DNS lookup before it ignores socket timeouts and can hang on a dead resolver."""
-    answer: list[bool] = []
-
-    def connect() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                answer.append(True)
-        except OSError:
-            answer.append(False)
-
-    probe = threading.Thread(target=connect, daemon=True)
-    probe.start()
-    probe.join(timeout_s + 0.5)
-    return bool(answer and answer[0])
-
-
 def _is_true(value: Optional[str]) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -80,7 +61,7 @@ def _tinyshakespeare_text(mirror: Optional[Path]) -> tuple[str, str]:
         path = mirror / TINYSHAKESPEARE_MIRROR_PATH
         return path.read_text(encoding="utf-8"), str(path)
     host = urllib.parse.urlparse(TINYSHAKESPEARE_URL).hostname
-    if not _reachable(host, 443):
+    if not reachable(host, 443):
         where = f"{mirror} has no {TINYSHAKESPEARE_MIRROR_PATH}" if mirror else f"{tokenizer.MIRROR_ENV} is not set"
         raise DataError(
             f"cannot get Tiny Shakespeare: {where} and {host} is unreachable; set "
@@ -174,7 +155,7 @@ def hub_offline_reason(timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
     url = urllib.parse.urlparse(endpoint)
     host = url.hostname or endpoint
     port = url.port or (80 if url.scheme == "http" else 443)
-    if not _reachable(host, port, timeout_s):
+    if not reachable(host, port, timeout_s):
         return f"{host}:{port} is unreachable"
     return None
 

@@ -11,13 +11,13 @@ Each eval's data file is found in this order:
 from __future__ import annotations
 
 import os
-import socket
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from gptdist.errors import DataError
+from gptdist.net import reachable
 from gptdist.jsonl import read_jsonl  # noqa: F401  (re-exported: evals read their files with it)
 
 MIRROR_ENV = "GPTDIST_DATA_MIRROR"
@@ -29,18 +29,10 @@ def cache_dir() -> Path:
     return Path(value) if value else Path.home() / ".cache" / "gptdist"
 
 
-def _reachable(host: str, timeout_s: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def download(url: str, target: Path, timeout_s: float = 60.0) -> Path:
     """Fetch url to target (atomic rename, so concurrent ranks never read half a file)."""
     host = urllib.parse.urlparse(url).hostname or ""
-    if not _reachable(host):
+    if not reachable(host):
         raise DataError(
             f"cannot download {url}: {host} is unreachable; set {MIRROR_ENV}=/path/to/mirror "
             f"(a folder laid out like shared/data) or pass the file's path"

@@ -29,7 +29,7 @@ import torch
 from gptdist.dist import DistContext
 from gptdist.errors import DataError
 from gptdist.evals import read_jsonl, resolve_data_file
-from gptdist.evaluate import Autocast, all_reduce_sums, continuation_nll, eval_mode, progress_bar, rank_slice
+from gptdist.evals.common import Autocast, all_reduce_sums, continuation_nll, eval_mode, progress_bar, rank_slice
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 MIRROR_PATH = "hellaswag/hellaswag_val_klosax.jsonl"  # inside $GPTDIST_DATA_MIRROR
@@ -106,7 +106,7 @@ def evaluate_hellaswag(
     Items are spread over ranks (i % W == rank) and the counts all-reduced, so the result equals a
     single-process run. Each forward scores the 4 endings of `items_per_forward` items (4 rows each,
     right-padded). Every rank makes the same number of forwards (ceil(n / W) item slots, dummies not
-    counted: the FSDP rule in gptdist/evaluate.py). Contexts longer than the model's block_size are
+    counted: the FSDP rule in gptdist/evals/common.py). Contexts longer than the model's block_size are
     cut from the left; endings stay whole.
     """
     if items_per_forward < 1:

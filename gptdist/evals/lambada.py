@@ -29,7 +29,7 @@ import torch
 from gptdist.dist import DistContext
 from gptdist.errors import DataError
 from gptdist.evals import read_jsonl, resolve_data_file
-from gptdist.evaluate import Autocast, all_reduce_sums, continuation_nll, eval_mode, progress_bar, rank_slice
+from gptdist.evals.common import Autocast, all_reduce_sums, continuation_nll, eval_mode, progress_bar, rank_slice
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 MIRROR_PATH = "lambada/lambada_test.jsonl"  # inside $GPTDIST_DATA_MIRROR

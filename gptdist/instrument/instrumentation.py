@@ -155,7 +155,7 @@ class Instrumentation:
         self.rows.append({"step": step, "step_ms": step_ms, "compute_ms": values["time/compute_ms"],
                           "comm_ms": values["comm/total_ms"], "exposed_ms": values["comm/exposed_ms"],
                           "overlap": values["comm/overlap"]})
-        # The step's timeline (ms from the step's start), for the scaling simulator (gptdist/simulator.py):
+        # The step's timeline (ms from the step's start), for the scaling simulator (gptdist/studies/simulator/):
         # phases in order, and when each gradient bucket was ready (manual backend: its last gradient arrived;
         # ddp: the reducer handed it to the comm hook).
         timeline = {
@@ -164,7 +164,7 @@ class Instrumentation:
         }
         # When the step ended, as Unix time: the interval between two steps' ends is the step period, what
         # throughput sees (it includes the work between steps, and it does not depend on where a rank's
-        # step boundary fell; gptdist/scaling.py).
+        # step boundary fell; gptdist/studies/scaling/).
         end_unix_s = time.time() - (self.timer.now() - end)
         self._steps_file.write(json.dumps({"step": step, "rank": self.ctx.rank, "step_ms": step_ms,
                                            "end_unix_s": round(end_unix_s, 6), **values, "timeline": timeline}) + "\n")

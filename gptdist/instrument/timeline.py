@@ -8,7 +8,7 @@ An interval is a (start, end) pair with start <= end; lists of intervals may ove
     exposed                                    [=]           <- comm minus compute
     overlap = 1 - exposed / total comm
 
-Definitions (DESIGN.md, "Measurement conventions"):
+Definitions (docs/instrumentation.md):
 - total communication = measure of the UNION of collective intervals (two collectives in flight at
   the same time count once: the wire was busy for that long, not twice as long);
 - exposed communication = measure of (union of comm) minus (union of compute);

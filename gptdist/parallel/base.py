@@ -18,11 +18,12 @@ recorder is a NullRecorder whose methods do nothing.
 
 State dicts go through `torch.distributed.checkpoint.state_dict` on `backend.module`, which understands
 plain modules, DDP and FSDP2 alike (see gptdist/checkpoint.py), so backends need no save/load code.
+How to add a backend: docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -32,13 +33,30 @@ from gptdist.dist import DistContext
 from gptdist.instrument.recorder import NullRecorder
 
 
+@dataclass
+class NoOptions:
+    """A backend without options (its `parallel.<name>` subsection is empty)."""
+
+
 class Backend:
-    """Base class; `none` uses it as is. Subclasses wrap the model and sync gradients."""
+    """Base class. A backend is one file with one subclass that declares:
 
-    name = "none"
+    - `name`: what `backend:` in the config says (and the `parallel.<name>` subsection's name);
+    - `needs_group`: whether it needs a torch.distributed process group, even on one process;
+    - `Options`: a dataclass whose fields are the backend's config subsection `parallel.<name>.*` (each field
+      commented, no None defaults); the constructed backend receives an instance as `options`.
 
-    def __init__(self, model: nn.Module, ctx: DistContext, recorder=None):
+    Every backend is constructed as `cls(model, ctx, options, recorder=None)` and registered with one line
+    in `gptdist/parallel/__init__.py`; the config, the launchers and the error messages derive from there.
+    """
+
+    name: str = ""
+    needs_group: bool = True
+    Options: type = NoOptions
+
+    def __init__(self, model: nn.Module, ctx: DistContext, options=None, recorder=None):
         self.ctx = ctx
+        self.options = options if options is not None else self.Options()
         self.recorder = recorder if recorder is not None else NullRecorder()
         self.raw_model = model  # the plain GPT (generate, num_params, config)
         self.module: nn.Module = model  # what the trainer calls forward on (may be a wrapper)
@@ -72,7 +90,3 @@ class Backend:
 
     def close(self) -> None:
         """Remove hooks and free buffers (called once at the end of a run)."""
-
-
-def check_finite(value: float) -> bool:
-    return math.isfinite(value)

@@ -1,7 +1,7 @@
 """`ddp`: torch's DistributedDataParallel, the production version of what `manual.py` does by hand.
 
 DDP broadcasts rank 0's parameters and buffers at construction, buckets the gradients (reverse
-parameter order, `parallel.ddp_bucket_cap_mb`, a small first bucket) and all-reduces each bucket
+parameter order, `parallel.ddp.bucket_cap_mb`, a small first bucket) and all-reduces each bucket
 during backward, in bucket order. `gradient_as_bucket_view=True` makes each `p.grad` a view of its
 bucket, as in the manual backend (no copy, less memory).
 
@@ -24,6 +24,7 @@ has the same parameter shapes) is timed as one block.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch.distributed as dist
 import torch.nn as nn
@@ -48,11 +49,22 @@ def timed_allreduce_hook(state, bucket):
     return work.get_future().then(lambda fut: fut.value()[0])
 
 
+@dataclass
+class DDPOptions:
+    """`parallel.ddp.*`"""
+
+    bucket_cap_mb: float = 25.0  # DDP's bucket_cap_mb (MiB)
+    gradient_as_bucket_view: bool = True  # gradients are views of DDP's buckets (no copy in or out)
+
+
 class DDPBackend(Backend):
     name = "ddp"
+    needs_group = True
+    Options = DDPOptions
 
-    def __init__(self, model: nn.Module, ctx: DistContext, cfg, recorder=None):
-        super().__init__(model, ctx, recorder)
+    def __init__(self, model: nn.Module, ctx: DistContext, options: DDPOptions, recorder=None):
+        super().__init__(model, ctx, options, recorder)
+        cfg = options
         self.gradient_as_bucket_view = cfg.gradient_as_bucket_view
         # The model's only buffer is the constant causal mask, the same on every rank: re-broadcasting
         # it before every forward would be a useless collective per micro-step. Newer torch names
@@ -66,7 +78,7 @@ class DDPBackend(Backend):
             self.module = DistributedDataParallel(
                 model,
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                bucket_cap_mb=cfg.ddp_bucket_cap_mb,
+                bucket_cap_mb=cfg.bucket_cap_mb,
                 gradient_as_bucket_view=cfg.gradient_as_bucket_view,
                 **buffer_option,
             )

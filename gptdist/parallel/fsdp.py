@@ -41,6 +41,9 @@ long as every rank calls it together (each forward all-gathers parameters).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -50,10 +53,10 @@ from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGath
 from torch.distributed.tensor import DTensor
 
 from gptdist.dist import DistContext
+from gptdist.dtypes import DTYPES
 from gptdist.parallel.base import Backend
-from gptdist.parallel.manual import broadcast_from_rank0
+from gptdist.parallel.broadcast import broadcast_from_rank0
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def mixed_precision_policy(cfg, device: torch.device) -> MixedPrecisionPolicy:
@@ -109,11 +112,23 @@ class TimedReduceScatter(DefaultReduceScatter):
             return super().__call__(output_tensor, input_tensor, group, op, async_op=False)
 
 
+@dataclass
+class FSDPOptions:
+    """`parallel.fsdp.*`"""
+
+    reshard_after_forward: bool = True  # True = ZeRO-3 (free gathered params after forward); False = ZeRO-2
+    param_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # dtype of the gradient reduce-scatter
+
+
 class FSDPBackend(Backend):
     name = "fsdp"
+    needs_group = True
+    Options = FSDPOptions
 
-    def __init__(self, model: nn.Module, ctx: DistContext, cfg, recorder=None):
-        super().__init__(model, ctx, recorder)
+    def __init__(self, model: nn.Module, ctx: DistContext, options: FSDPOptions, recorder=None):
+        super().__init__(model, ctx, options, recorder)
+        cfg = options
         # fully_shard keeps each rank's own slice of its own tensors: make them rank 0's first, as
         # the manual and ddp backends do.
         if dist.get_world_size() > 1:

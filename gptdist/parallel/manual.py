@@ -17,7 +17,7 @@ What it does, in the order it happens:
    predecessors.
 5. OVERLAP. A launch is asynchronous (`async_op=True`): the all-reduce of bucket 0 runs while
    autograd computes the gradients of earlier layers. `finish_grad_sync()` waits for every bucket and
-   divides by the world size. With `parallel.overlap=false` nothing is launched during backward and
+   divides by the world size. With `parallel.manual.overlap=false` nothing is launched during backward and
    all buckets are all-reduced after it, which shows what overlap buys.
 
 Gradient accumulation: on micro-steps with `set_grad_sync(False)` the hooks do nothing, gradients
@@ -41,19 +41,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gptdist.dist import DistContext
-from gptdist.instrument.recorder import NullRecorder
 from gptdist.parallel.base import Backend
+from gptdist.parallel.broadcast import broadcast_from_rank0
 from gptdist.parallel.buckets import MB, Bucket, plan_buckets
-
-
-@torch.no_grad()
-def broadcast_from_rank0(module: nn.Module, recorder=None) -> None:
-    """Make every rank's parameters and buffers equal to rank 0's (one broadcast per tensor)."""
-    recorder = recorder if recorder is not None else NullRecorder()
-    named = list(module.named_parameters()) + list(module.named_buffers())
-    for name, tensor in named:
-        with recorder.timed("broadcast", tensor, f"init {name}"):
-            dist.broadcast(tensor.data, src=0)
 
 
 @dataclass
@@ -65,11 +55,23 @@ class CommStats:
     synced_steps: int = 0  # finish_grad_sync calls that averaged gradients
 
 
+@dataclass
+class ManualOptions:
+    """`parallel.manual.*`"""
+
+    bucket_cap_mb: float = 25.0  # gradient bucket size cap (MiB)
+    first_bucket_mb: float = 1.0  # the first bucket (last layers' grads) is small so comm starts early
+    overlap: bool = True  # launch each bucket's all-reduce during backward; False = after backward
+
+
 class ManualBackend(Backend):
     name = "manual"
+    needs_group = True
+    Options = ManualOptions
 
-    def __init__(self, model: nn.Module, ctx: DistContext, cfg, recorder=None):
-        super().__init__(model, ctx, recorder)
+    def __init__(self, model: nn.Module, ctx: DistContext, options: ManualOptions, recorder=None):
+        super().__init__(model, ctx, options, recorder)
+        cfg = options
         self.overlap = cfg.overlap
         self.world_size = dist.get_world_size()
         if self.world_size > 1:

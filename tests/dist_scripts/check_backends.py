@@ -28,7 +28,6 @@ import json
 
 import torch
 
-from gptdist.config import ParallelSection
 from gptdist.dist import all_reduce_scalar, init_distributed, teardown
 from gptdist.model import GPT, PRESETS
 from gptdist.parallel import backend_class
@@ -41,7 +40,7 @@ VARIANTS = {
     "manual": ("manual", dict(SMALL)),
     "manual-no-overlap": ("manual", dict(SMALL, overlap=False)),
     "manual-default-buckets": ("manual", {}),
-    "ddp": ("ddp", dict(ddp_bucket_cap_mb=0.01)),
+    "ddp": ("ddp", dict(bucket_cap_mb=0.01)),
     "ddp-no-bucket-view": ("ddp", dict(gradient_as_bucket_view=False)),
     "fsdp": ("fsdp", {}),
     "fsdp-no-reshard": ("fsdp", dict(reshard_after_forward=False)),
@@ -98,7 +97,8 @@ def run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=True):
     backend_name, options = VARIANTS[name]
     torch.manual_seed(SEED + ctx.rank)  # ranks > 0 differ until the backend broadcasts rank 0's weights
     model = GPT(gpt_cfg).to(ctx.device)
-    backend = backend_class(backend_name)(model, ctx, ParallelSection(**options))
+    cls = backend_class(backend_name)
+    backend = cls(model, ctx, cls.Options(**options))
     is_manual = backend_name == "manual"
     out: dict = {}
     # Generation through the wrapped/sharded model, all ranks together, before any step.

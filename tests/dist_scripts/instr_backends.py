@@ -20,7 +20,9 @@ import json
 import torch
 import torch.distributed as dist
 
-from gptdist.config import ParallelSection
+from gptdist.parallel.ddp import DDPOptions
+from gptdist.parallel.fsdp import FSDPOptions
+from gptdist.parallel.manual import ManualOptions
 from gptdist.dist import init_distributed, teardown
 from gptdist.instrument.recorder import CollectiveRecorder
 from gptdist.model import GPT, PRESETS
@@ -46,7 +48,7 @@ def rows(records) -> list[dict]:
 def run_manual(ctx, cfg_gpt, steps=2, accum=2) -> dict:
     torch.manual_seed(SEED)
     rec = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size)
-    backend = backend_class("manual")(GPT(cfg_gpt), ctx, ParallelSection(bucket_cap_mb=0.01, first_bucket_mb=0.002), recorder=rec)
+    backend = backend_class("manual")(GPT(cfg_gpt), ctx, ManualOptions(bucket_cap_mb=0.01, first_bucket_mb=0.002), recorder=rec)
     start_up = rows(rec.collect())
     x, y = batches(steps, accum, ctx.rank, cfg_gpt.vocab_size)
     micro = []
@@ -72,7 +74,7 @@ def run_ddp(ctx, cfg_gpt, steps=3) -> dict:
     for timed in (False, True):
         torch.manual_seed(SEED)
         rec = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size) if timed else None
-        backend = backend_class("ddp")(GPT(cfg_gpt), ctx, ParallelSection(ddp_bucket_cap_mb=0.01), recorder=rec)
+        backend = backend_class("ddp")(GPT(cfg_gpt), ctx, DDPOptions(bucket_cap_mb=0.01), recorder=rec)
         opt = torch.optim.SGD(backend.raw_model.parameters(), lr=0.1)
         grads[timed] = []
         for s in range(steps):
@@ -102,7 +104,7 @@ def run_fsdp(ctx, cfg_gpt, steps=2) -> dict:
     for name, p in model.named_parameters():
         owner = next((g for g in groups if g != "module=root" and name.startswith(g.removeprefix("module=") + ".")), "module=root")
         groups[owner].append(list(p.shape))
-    backend = backend_class("fsdp")(model, ctx, ParallelSection(), recorder=rec)
+    backend = backend_class("fsdp")(model, ctx, FSDPOptions(), recorder=rec)
     rec.collect()
     x, y = batches(steps, 1, ctx.rank, cfg_gpt.vocab_size)
     per_step = []

@@ -1,5 +1,5 @@
 """Scaling laws: how the final loss depends on model size N, tokens D and compute C (Kaplan et al. 2020;
-Hoffmann et al. 2022). Not to be confused with gptdist/scaling.py, which is about throughput over GPUs.
+Hoffmann et al. 2022). Not to be confused with gptdist/studies/scaling/, which is about throughput over GPUs.
 
     plan.py    sweep spec (YAML) -> runs: for each budget C and shape, D = C / FLOPs-per-token
     vocab.py   a GPT-2-token data set cut to its K most frequent ids (tiny models on a CPU)

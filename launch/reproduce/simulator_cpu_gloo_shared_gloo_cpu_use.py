@@ -1,6 +1,6 @@
 """How much CPU a gloo all-reduce uses (process CPU time of all threads / wall time), and whether a rank
 that waits for a late peer burns CPU (busy-polls) or sleeps. Evidence for the simulator's cpu_overlap term.
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 docs/results/simulator_cpu_gloo/gloo_cpu_use.py
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 launch/reproduce/simulator_cpu_gloo_shared_gloo_cpu_use.py
 """
 import time
 

@@ -1,6 +1,6 @@
 """Sample, once a second, how many cores processes OTHER than ours use (ours: a command line containing
 MARK, e.g. runs/sim2), so each validation job can be labelled with the load it shared the machine with.
-    python docs/results/simulator_cpu_gloo/background_load.py runs/sim2 runs/sim2/background.jsonl &"""
+    python launch/reproduce/simulator_cpu_gloo_shared_background_load.py runs/sim2 runs/sim2/background.jsonl &"""
 
 import json
 import sys

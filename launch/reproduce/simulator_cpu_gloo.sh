@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds this folder from the scaling study's run folders: runs/scaling (docs/results/scaling_cpu_gloo)
 # and runs/scaling_r2 (its repeat, docs/results/scaling_cpu_gloo/repeat). From the repository root:
-#     bash docs/results/simulator_cpu_gloo/run.sh
+#     bash launch/reproduce/simulator_cpu_gloo.sh
 set -euo pipefail
 D=docs/results/simulator_cpu_gloo
 TABLE=docs/results/comm_bench_cpu_gloo/n2,docs/results/comm_bench_cpu_gloo/n4

@@ -1,7 +1,7 @@
 """Third-version validation of the scaling simulator on CPU/gloo, from the interleaved rounds of remeasure.sh.
 
-    bash docs/results/simulator_cpu_gloo/remeasure.sh 3 runs/sim2
-    python docs/results/simulator_cpu_gloo/validate_rounds.py runs/sim2 --out docs/results/simulator_cpu_gloo
+    bash launch/reproduce/simulator_cpu_gloo_shared_remeasure.sh 3 runs/sim2
+    python launch/reproduce/simulator_cpu_gloo_shared_validate_rounds.py runs/sim2 --out docs/results/simulator_cpu_gloo
 
 Per round, every model input comes from that round's independent runs (never from the 2- and 4-rank runs
 it is checked against): the 1-rank timelines at b=8 and b=2, the comm_bench α–β fit, the core count, and
@@ -25,9 +25,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gptdist import scaling, simulator  # noqa: E402
+from gptdist.studies import scaling, simulator  # noqa: E402
 
 WARMUP = 3
 CORES, THREADS = 2, 1
@@ -222,7 +222,7 @@ def main(argv):
               f"{m['exposed_wait_ms']:.0f} / {p['v2']['exposed_ms']:.0f} / {p['v3']['exposed_ms']:.0f} | {m['other_ms']:.0f} |")
     if args.out:
         Path(args.out, "validation_rounds.json").write_text(json.dumps(
-            {"command": "python docs/results/simulator_cpu_gloo/validate_rounds.py " + " ".join(argv),
+            {"command": "python launch/reproduce/simulator_cpu_gloo_shared_validate_rounds.py " + " ".join(argv),
              "rows": rows, "summary": summary}, indent=2) + "\n")
 
 

@@ -4,7 +4,7 @@
 # Per round: 1 rank at b=8 and b=2 (the simulator's inputs), 2 and 4 ranks (the validation targets), and the
 # INDEPENDENT contention measurement: K copies of the 1-rank b=8/K job run at once, no communication, which
 # gives how much slower compute runs when K processes share the cores (`measured contention`).
-#   bash docs/results/simulator_cpu_gloo/remeasure.sh ROUNDS OUT_RUNS_DIR [FIRST_ROUND]
+#   bash launch/reproduce/simulator_cpu_gloo_shared_remeasure.sh ROUNDS OUT_RUNS_DIR [FIRST_ROUND]
 set -euo pipefail
 ROUNDS=${1:-2}; RUNS=${2:-runs/sim2}; FIRST=${3:-1}
 export OMP_NUM_THREADS=1 PYTHONPATH=$PWD

@@ -1,12 +1,12 @@
 """DDP's bucket layout for the study's model (gpt2-tiny, vocab 50304) at bucket_cap_mb 25 and 5: the sizes
 at construction and after DDP rebuilds its buckets in gradient-ready order (after the first iteration).
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 docs/results/simulator_cpu_gloo/ddp_buckets.py
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 launch/reproduce/simulator_cpu_gloo_shared_ddp_buckets.py
 """
 import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

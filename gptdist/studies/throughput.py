@@ -1,4 +1,5 @@
-"""Single-device training throughput: forward + backward + AdamW step on random tokens.
+"""Single-device training throughput of the trainer's step (gptdist/train_step.py: forward + backward +
+gradient clipping + AdamW with parameter groups; per-block compile with --compile) on random tokens.
 
     python launch/bench_throughput.py --n-layer 4 --n-head 4 --n-embd 256 --seq-len 256 --batch-size 8 \
         --vocab-size 50304 --dtype fp32 --threads 2 --out docs/results/throughput_cpu_tiny
@@ -21,8 +22,6 @@ import contextlib
 import datetime as dt
 import importlib.util
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -31,14 +30,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+
 import torch
 
+from gptdist.cli import make_parser
+from gptdist.dtypes import DTYPES
+from gptdist.config import Config
+from gptdist.dist import DistContext, synchronize
 from gptdist.errors import GptdistError
 from gptdist.flops import flops_per_token, mfu, param_count, peak_flops
 from gptdist.model import GPT, PRESETS, GPTConfig
-from gptdist.optim import use_fused
+from gptdist.provenance import hardware, provenance, readme_header
+from gptdist.train_step import TrainStep
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -59,33 +63,23 @@ class BenchSettings:
     tf32: Optional[bool] = None  # TF32 matmuls on CUDA, set before each run; None: leave torch's setting
 
 
-class TrainStep:
-    """One model + AdamW + a fixed random batch; `run(n)` returns n step times in milliseconds."""
+class TimedTrainStep:
+    """The trainer's step (gptdist/train_step.py: per-block compile, AdamW parameter groups, clipping) on one
+    device, without distribution, on a fixed random batch; `run(n)` returns n step times in milliseconds."""
 
     def __init__(self, model: torch.nn.Module, settings: BenchSettings, device: torch.device):
         self.device = device
         self.settings = settings
-        self.model = model.to(device).train()
-        cfg = settings.model
-        # "auto": one fused kernel for the whole update on GPU, as nanoGPT does; torch's default elsewhere.
-        fused = use_fused(settings.fused_adamw, device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused
-        )
+        cfg = Config()  # defaults: the trainer's lr, betas, weight decay, grad_clip; backend none
+        cfg.train.dtype, cfg.train.compile, cfg.train.fused_adamw = settings.dtype, settings.compile, settings.fused_adamw
+        ctx = DistContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=device, backend=None)
+        self.step_fn = TrainStep(model.to(device), cfg, ctx)
+        self.model, self.optimizer = self.step_fn.backend.module, self.step_fn.optimizer
+        self.lr = cfg.train.lr
         g = torch.Generator().manual_seed(settings.seed)
-        data = torch.randint(0, cfg.vocab_size, (settings.batch_size, settings.seq_len + 1), generator=g)
-        self.idx = data[:, :-1].contiguous().to(device)  # (B, T)
-        self.targets = data[:, 1:].contiguous().to(device)  # (B, T)
-        self.forward = torch.compile(self.model) if settings.compile else self.model
-        dtype = DTYPES[settings.dtype]
-        self.autocast = (
-            torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        )
+        data = torch.randint(0, settings.model.vocab_size, (settings.batch_size, settings.seq_len + 1), generator=g)
+        self.batch = (data[:, :-1].contiguous().to(device), data[:, 1:].contiguous().to(device))  # (B, T) each
         self.last_loss = float("nan")
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def apply_global_flags(self) -> None:
         """TF32 is process-global state in torch: set it for this runner before its steps run, so that
@@ -95,21 +89,17 @@ class TrainStep:
             torch.backends.cudnn.allow_tf32 = self.settings.tf32
 
     def step(self) -> None:
-        with self.autocast:
-            _, loss = self.forward(self.idx, self.targets)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss, _ = self.step_fn.run(lambda: self.batch, self.lr)
         self.last_loss = loss.item()  # also a sync point: the step has really finished
 
     def run(self, n: int) -> list[float]:
         self.apply_global_flags()
         times = []
         for _ in range(n):
-            self._sync()
+            synchronize(self.device)
             start = time.perf_counter()
             self.step()
-            self._sync()
+            synchronize(self.device)
             times.append((time.perf_counter() - start) * 1e3)
         return times
 
@@ -131,31 +121,6 @@ def summarize(times_ms: list[float], tokens_per_step: int, fpt: int, peak: Optio
         "achieved_tflops": tokens_per_s * fpt / 1e12,
         "mfu": mfu(tokens_per_s, fpt, peak),
     }
-
-
-def hardware_info(device: torch.device) -> dict:
-    cpu_model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "platform": platform.platform(),
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        # Other processes compete for the CPU: the 1/5/15-minute load averages when the run ended.
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def load_reference(path: str) -> tuple[Callable[[GPTConfig], torch.nn.Module], str]:
@@ -217,7 +182,7 @@ def run_benchmark(settings: BenchSettings, reference: Optional[str] = None, log=
         n_params = sum(p.numel() for p in model.parameters())
         if n_params != param_count(cfg):
             log(f"note: {name} has {n_params:,} parameters, our formula says {param_count(cfg):,}")
-        runners[name] = TrainStep(model, settings, device)
+        runners[name] = TimedTrainStep(model, settings, device)
 
     for name, runner in runners.items():
         runner.run(settings.warmup)  # compile, allocator and thread-pool warm-up; not timed
@@ -255,7 +220,8 @@ def run_benchmark(settings: BenchSettings, reference: Optional[str] = None, log=
         "benchmark": "train step (forward + backward + AdamW) on random tokens, one device",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *(shlex.quote(a) for a in sys.argv)]),
-        "hardware": hardware_info(device),
+        "hardware": hardware(device),
+        "provenance": provenance(device),
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "model"}, "model": asdict(cfg)},
         "tokens_per_step": tokens_per_step,
         "flops_per_token": fpt,
@@ -273,12 +239,8 @@ def to_markdown(result: dict, notes: list[str]) -> str:
     lines = [
         "# Training-step throughput, one device",
         "",
-        f"- date: {result['date']}",
-        f"- command: `{result['command']}`",
-        f"- hardware: {hw['cpu_model']}, {hw['cpus_usable']} usable of {hw['cpu_count']} CPUs, "
-        f"torch threads {hw['torch_threads']}" + (f", GPU {hw['gpu']}" if "gpu" in hw else ""),
-        f"- load average (1/5/15 min) at the end: {hw['load_average']}",
-        f"- software: torch {hw['torch']}, Python {hw['python']}, {hw['platform']}",
+        readme_header(result["provenance"]).rstrip("\n"),
+        f"- CPUs usable {hw['cpus_usable']} of {hw['cpu_count']}, torch threads {hw['torch_threads']}",
         f"- model: n_layer {m['n_layer']}, n_head {m['n_head']}, n_embd {m['n_embd']}, vocab {m['vocab_size']}, "
         f"bias {m['bias']}, attention {m['attention']}; B {s['batch_size']}, T {s['seq_len']}, {s['dtype']}, "
         f"compile {s['compile']}",
@@ -312,28 +274,28 @@ def to_markdown(result: dict, notes: list[str]) -> str:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--preset", default="gpt2-tiny", choices=sorted(PRESETS), help="shape to start from")
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--n-layer", type=int, help="override the preset's n_layer")
+    p.add_argument("--n-head", type=int, help="override the preset's n_head")
+    p.add_argument("--n-embd", type=int, help="override the preset's n_embd")
+    p.add_argument("--vocab-size", type=int, help="override the preset's vocab_size")
     p.add_argument("--seq-len", "-T", type=int, help="T (default: the preset's block_size)")
-    p.add_argument("--batch-size", "-B", type=int, default=8)
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="bf16/fp16 run under autocast")
-    p.add_argument("--attention", choices=["sdpa", "naive"])
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--no-bias", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--batch-size", "-B", type=int, default=8, help="sequences per step")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the trainer's train.dtype: bf16 runs under autocast")
+    p.add_argument("--attention", choices=["sdpa", "naive"], help="override the preset's attention")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+    p.add_argument("--no-bias", action="store_true", help="no biases in Linear/LayerNorm")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block, as train.compile does")
     p.add_argument("--steps", type=int, default=20, help="timed steps per model per round")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     p.add_argument("--rounds", type=int, default=1,
                    help="interleaved rounds (with --reference: many short rounds, e.g. --steps 1 --rounds 30)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU where the table has none (e.g. a CPU)")
     p.add_argument("--reference", help="a nanoGPT-style model.py to time with the same harness")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="init and batch seed")
     p.add_argument("--out", help="write OUT.json and OUT.md")
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section of OUT.md")
     return p.parse_args(argv)

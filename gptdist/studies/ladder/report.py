@@ -1,0 +1,137 @@
+"""The ladder's report: a markdown table and notes, and a figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from gptdist.provenance import readme_header
+
+
+def _mib(n: Optional[float]) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def _change_text(row: dict) -> str:
+    if row["change"] is None:
+        return "baseline"
+    return f"`{row['change']['key']}={row['change']['value']}`"
+
+
+def _x(s: Optional[dict]) -> str:
+    return "" if s is None else f"{s['tokens_per_s_ratio']:.2f}x"
+
+
+def to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
+    hw, o = result["hardware"], result["options"]
+    lines = [
+        "# Optimisation ladder",
+        "",
+        readme_header(result["provenance"]).rstrip("\n"),
+        f"- ladder: `{result['ladder_file']}`; device {hw.get('device')}, CPUs usable {hw['cpus_usable']} of "
+        f"{hw['cpu_count']}, torch threads {hw['torch_threads']}",
+        f"- timing: {o['warmup']} warm-up steps per rung, then {o['rounds']} round(s) x {o['steps']} timed steps, "
+        + ("one rung at a time" if o["sequential"] else "rungs interleaved round by round (order flipped each round)"),
+        f"- MFU: {result['mfu_definition']}"
+        + ("" if result["peak_flops_bf16"] else " (no peak known for this device: n/a)"),
+        f"- speed-up: {result['speedup_definition']}",
+        f"- memory: {result['memory_definition']}",
+        "",
+        "| # | rung | change | B | median ms | p10-p90 ms | tokens/s | MFU | peak mem | vs previous | vs baseline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(result["rungs"]):
+        name = r["name"] + (f" (side, from {r['parent']})" if r["side"] else "")
+        if r["status"] != "ok":
+            lines.append(f"| {i} | {name} | {_change_text(r)} | | {r['status']}: {r['reason']} | | | | | | |")
+            continue
+        m = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+        prev = _x(r["speedup_vs_previous"])
+        if r["speedup_vs_previous"] and r["speedup_vs_previous"]["vs"] != r["parent"]:
+            prev += f" (vs {r['speedup_vs_previous']['vs']})"
+        lines.append(
+            f"| {i} | {name} | {_change_text(r)} | {r['batch_size']} | {r['step_ms_median']:.1f} | "
+            f"{r['step_ms_p10']:.1f}-{r['step_ms_p90']:.1f} | {r['tokens_per_s']:,.0f} | {m} | "
+            f"{_mib(r['memory'].get('peak_bytes'))} | {prev} | {_x(r['speedup_vs_baseline'])} |"
+        )
+    methods = {r["memory"].get("method") for r in result["rungs"] if r["status"] == "ok"}
+    lines += ["", "Memory method: " + "; ".join(sorted(m for m in methods if m)) + "."]
+
+    trade = [r for r in result["rungs"] if r["side"] and r["status"] == "ok" and r["speedup_vs_previous"]]
+    if trade:
+        lines += ["", "## Side rungs: what they trade", ""]
+        for r in trade:
+            prev = next(x for x in result["rungs"] if x["name"] == r["speedup_vs_previous"]["vs"])
+            ratio = r["speedup_vs_previous"]["tokens_per_s_ratio"]
+            dmem = r["memory"].get("peak_change_vs_previous_bytes")
+            mem_text = "memory n/a" if dmem is None else (
+                f"peak memory {_mib(prev['memory']['peak_bytes'])} -> {_mib(r['memory']['peak_bytes'])} "
+                f"({'saves' if dmem < 0 else 'costs'} {_mib(abs(dmem))}, {100 * dmem / prev['memory']['peak_bytes']:+.0f} %)")
+            step_text = (f"step {prev['step_ms_median']:.1f} -> {r['step_ms_median']:.1f} ms at B {prev['batch_size']} -> "
+                         f"{r['batch_size']}")
+            lines.append(f"- **{r['name']}** vs {prev['name']}: {mem_text}; {step_text}; throughput x{ratio:.2f} "
+                         f"({100 * (ratio - 1):+.0f} %, per round {r['speedup_vs_previous']['per_round_min']:.2f}"
+                         f"-{r['speedup_vs_previous']['per_round_max']:.2f}).")
+
+    profiled = [r for r in result["rungs"] if r.get("profile")]
+    if profiled:
+        lines += ["", "## Profiles: where each rung's step goes, and what changed", ""]
+        for r in profiled:
+            p = r["profile"]
+            busy = f"; GPU busy {100 * p['gpu_busy_fraction']:.0f} % of the wall time" if "gpu_busy_fraction" in p else ""
+            lines += [f"### {r['name']}", "",
+                      f"{p['kind']}, {p['steps']} profiled steps ({p['step_ms_under_profiler']:.1f} ms per step "
+                      f"under the profiler{busy})" + (f"; trace `{p['trace']}`" if p["trace"] else "") + ".", "",
+                      "| op | ms/step | share |", "|---|---:|---:|"]
+            lines += [f"| `{_clip(op['name'])}` | {op['ms_per_step']:.2f} | {100 * op['share']:.1f} % |" for op in p["top"]]
+            if "vs_previous" in p:
+                d = p["vs_previous"]
+                fmt = lambda rows: ", ".join(f"`{_clip(x['name'], 60)}` {x['before_ms']:.2f} -> {x['after_ms']:.2f}"
+                                             for x in rows) or "none"
+                lines += ["", f"vs {r['compare_to']}: faster or gone: {fmt(d['faster'])}.",
+                          f"Slower or new: {fmt(d['slower'])}."]
+            lines.append("")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _clip(text: str, n: int = 80) -> str:
+    text = text.replace("|", "/").replace("`", "'")
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Bar chart: median step ms per rung with p10-p90 whiskers, labelled with the speed-up over the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rungs"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.8))
+    top = max([r["step_ms_p90"] for r in rows if r["status"] == "ok"] or [1.0])
+    for i, r in enumerate(rows):
+        if r["status"] != "ok":
+            ax.text(i, top * 0.02, f"{r['status']}\n{'needs CUDA' if r['needs'] == 'cuda' and r['status'] == 'skipped' else ''}",
+                    ha="center", va="bottom", fontsize=8, color="grey", rotation=90)
+            continue
+        med = r["step_ms_median"]
+        ax.bar(i, med, color="#d9822b" if r["side"] else "#2b6cb0", hatch="//" if r["side"] else None,
+               yerr=[[med - r["step_ms_p10"]], [r["step_ms_p90"] - med]], capsize=4, ecolor="black")
+        s = r["speedup_vs_baseline"]
+        label = f"{s['tokens_per_s_ratio']:.2f}x" if s else "1.00x"
+        ax.text(i, r["step_ms_p90"] + top * 0.02, label + (f"\nB={r['batch_size']}" if r["side"] else ""),
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("median step time, ms (whiskers p10-p90)")
+    ax.set_ylim(0, top * 1.25)
+    hw = result["hardware"]
+    where = hw.get("gpu_model") or f"{hw['cpu_model']} ({hw['torch_threads']} threads)"
+    ax.set_title(f"Optimisation ladder on {where}\nlabels: throughput (tokens/s) over the baseline; "
+                 "hatched: side rungs", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

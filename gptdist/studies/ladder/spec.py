@@ -1,0 +1,223 @@
+"""Ladder files: rungs, their composition (each rung = its parent + one change), and the plan of what runs on
+this device."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+
+import torch
+
+from gptdist.config import build_config, load_yaml, resolve_model
+from gptdist.errors import ConfigError
+from gptdist.studies.throughput import BenchSettings
+
+
+# The settings the ladder runner reads. Anything else (train.lr, eval.*, ...) would be a rung that silently
+# changes nothing, so it is refused.
+RUNNER_KEYS = ("data.batch_size", "data.seq_len", "train.dtype", "train.tf32", "train.compile",
+               "train.fused_adamw", "train.seed")
+NEEDS = {"cuda": "needs CUDA"}
+SPEC_KEYS = {"extends", "base", "rungs", "side_rungs"}
+RUNG_KEYS = {"name", "set", "from", "needs", "why"}
+
+
+def _read_key(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_key(key: str, where: str) -> None:
+    if not (key.startswith("model.") or key in RUNNER_KEYS):
+        raise ConfigError(f"{where}: {key!r} is not a setting the ladder runner reads "
+                          f"(model.*, {', '.join(RUNNER_KEYS)})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rung definitions and their composition
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    settings: dict[str, Any]  # the full setting: the baseline's plus every change along the chain
+    parent: Optional[str]  # the rung this one adds its change to (None for the baseline)
+    change: Optional[tuple[str, Any]]  # (dotted key, value); None for the baseline
+    needs: Optional[str] = None  # "cuda": skipped elsewhere
+    why: str = ""
+    side: bool = False
+
+
+@dataclass(frozen=True)
+class Ladder:
+    rungs: list[Rung]  # the main ladder in order, then the side rungs
+    source: str = ""
+
+    def get(self, name: str) -> Rung:
+        for rung in self.rungs:
+            if rung.name == name:
+                return rung
+        raise ConfigError(f"no rung named {name!r}; rungs: {', '.join(r.name for r in self.rungs)}")
+
+    def chain(self, name: str) -> list[Rung]:
+        """The rungs from the baseline to `name`, in order."""
+        out = [self.get(name)]
+        while out[-1].parent is not None:
+            out.append(self.get(out[-1].parent))
+        return out[::-1]
+
+
+def apply_change(settings: dict[str, Any], key: str, value: Any, where: str, allow_noop: bool = False) -> dict:
+    """`settings` plus one change, checked: a key the runner reads, a valid value, a real change.
+    A value "xK" on an integer setting means K times the current value."""
+    _check_key(key, where)
+    before = build_config(None, settings)
+    try:
+        old = _read_key(before, key)
+    except AttributeError:
+        build_config(None, {**settings, key: value})  # raises the config's own "unknown key ... did you mean"
+        raise
+    if isinstance(value, str) and re.fullmatch(r"x\d+", value):
+        if not isinstance(old, int) or isinstance(old, bool):
+            raise ConfigError(f"{where}: {value!r} scales an integer setting, but {key} is {old!r}")
+        value = old * int(value[1:])
+    new = {**settings, key: value}
+    after = build_config(None, new)  # strict: unknown keys, wrong types and impossible shapes raise here
+    new[key] = _read_key(after, key)  # the coerced value (e.g. 1 -> 1.0 for a float)
+    if new[key] == old and not allow_noop:
+        raise ConfigError(f"{where}: {key} is already {old!r}; a rung must change exactly one setting")
+    return new
+
+
+def _load_spec(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    data = load_yaml(path)
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; valid: {sorted(SPEC_KEYS)}")
+    if "extends" in data:
+        parent_path = (path.parent / str(data["extends"])).resolve()
+        if parent_path in seen:
+            raise ConfigError(f"{path}: `extends` loops back to {parent_path}")
+        parent = _load_spec(parent_path, seen + (path.resolve(),))
+        data = {
+            "base": {**parent.get("base", {}), **(data.get("base") or {})},
+            "rungs": data.get("rungs", parent.get("rungs")),
+            "side_rungs": data.get("side_rungs", parent.get("side_rungs")),
+        }
+    return data
+
+
+def compose_ladder(spec: dict[str, Any], base_overrides: Optional[dict[str, Any]] = None, source: str = "") -> Ladder:
+    """A ladder spec (the YAML's content) -> rungs with their full settings, every rung checked."""
+    base = dict(spec.get("base") or {})
+    if not isinstance(base, dict):
+        raise ConfigError(f"{source}: `base` must be a mapping of dotted settings")
+    base.update(base_overrides or {})
+    for key in base:
+        _check_key(key, f"{source} base")
+    base_cfg = build_config(None, base)
+    base = {key: _read_key(base_cfg, key) for key in base}
+    main, side = spec.get("rungs") or [], spec.get("side_rungs") or []
+    if not isinstance(main, list) or not isinstance(side, list) or not main:
+        raise ConfigError(f"{source}: `rungs` must be a non-empty list (and `side_rungs` a list)")
+
+    rungs: list[Rung] = []
+    by_name: dict[str, Rung] = {}
+    for i, item in enumerate(main + side):
+        is_side = i >= len(main)
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ConfigError(f"{source}: rung {i + 1} needs a `name`")
+        name = item["name"]
+        where = f"{source} rung {name!r}"
+        if name in by_name:
+            raise ConfigError(f"{where}: the name is used twice")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{where}: use letters, digits, '_', '.', '-' (it names files)")
+        unknown = set(item) - RUNG_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(RUNG_KEYS)}")
+        needs = item.get("needs")
+        if needs is not None and needs not in NEEDS:
+            raise ConfigError(f"{where}: needs {needs!r} is not one of {', '.join(NEEDS)}")
+        if is_side:
+            parent = item.get("from")
+            if parent not in by_name:
+                raise ConfigError(f"{where}: a side rung branches `from` an earlier rung; {parent!r} is none")
+        else:
+            if "from" in item:
+                raise ConfigError(f"{where}: `from` is for side rungs; a main rung follows the one before it")
+            parent = rungs[-1].name if rungs else None
+        change_spec = item.get("set")
+        if parent is None:
+            if change_spec:
+                raise ConfigError(f"{where}: the first rung is the baseline (`base`); it changes nothing")
+            rung = Rung(name, dict(base), None, None, needs, str(item.get("why", "")), False)
+        else:
+            if not isinstance(change_spec, dict) or len(change_spec) != 1:
+                raise ConfigError(f"{where}: `set` must name exactly one change, e.g. set: {{train.compile: true}}")
+            (key, value), = change_spec.items()
+            settings = apply_change(by_name[parent].settings, key, value, where)
+            rung = Rung(name, settings, parent, (key, settings[key]), needs, str(item.get("why", "")), is_side)
+        rungs.append(rung)
+        by_name[name] = rung
+    return Ladder(rungs, source)
+
+
+def load_ladder(path: str | Path, base_overrides: Optional[dict[str, Any]] = None) -> Ladder:
+    path = Path(path)
+    return compose_ladder(_load_spec(path), base_overrides, str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What runs on this device
+
+
+@dataclass(frozen=True)
+class PlannedRung:
+    rung: Rung
+    settings: dict[str, Any]  # effective here: the changes of skipped rungs left out
+    skip_reason: Optional[str]  # None: runs
+    compare_to: Optional[str]  # the nearest ancestor that runs here (its "previous rung")
+
+
+def plan_ladder(ladder: Ladder, device: torch.device, only: Optional[set[str]] = None) -> list[PlannedRung]:
+    def cannot_run(rung: Rung) -> Optional[str]:
+        if rung.needs == "cuda" and device.type != "cuda":
+            return f"{NEEDS['cuda']} (this run is on {device.type})"
+        return None
+
+    def skip_reason(rung: Rung) -> Optional[str]:
+        if only is not None and rung.name not in only:
+            return "not selected (--only)"
+        return cannot_run(rung)
+
+    planned = []
+    for rung in ladder.rungs:
+        chain = ladder.chain(rung.name)
+        settings = dict(chain[0].settings)
+        compare_to = None
+        for ancestor in chain[1:]:
+            # A change this device cannot make is left out of the rungs after it; a rung merely not
+            # selected (--only) keeps its change, so that every selected rung is what the file says.
+            if cannot_run(ancestor) is None or ancestor is rung:
+                settings = apply_change(settings, *ancestor.change, where=ancestor.name, allow_noop=True)
+        for ancestor in reversed(chain[:-1]):
+            if skip_reason(ancestor) is None:
+                compare_to = ancestor.name
+                break
+        planned.append(PlannedRung(rung, settings, skip_reason(rung), compare_to))
+    return planned
+
+
+def bench_settings(settings: dict[str, Any], device: torch.device, steps: int, warmup: int) -> BenchSettings:
+    cfg = build_config(None, settings)
+    dtype = cfg.train.dtype if cfg.train.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return BenchSettings(
+        model=resolve_model(cfg), batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len, dtype=dtype,
+        compile=cfg.train.compile, steps=steps, warmup=warmup, device=str(device), seed=cfg.train.seed,
+        fused_adamw=cfg.train.fused_adamw, tf32=cfg.train.tf32,
+    )

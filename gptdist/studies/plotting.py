@@ -1,0 +1,123 @@
+"""Figures of the studies, and the small helpers they share (a headless pyplot, per-backend panel rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+
+def _save_backend_panels(fig, axes, title: str, path: Path) -> Path:
+    """Finish a row of per-backend panels (ms per step on the y axis): shared legend below, title, save."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].set_ylabel("ms per step (median)")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = False, title_note: str = "") -> list[Path]:
+    """efficiency_<mode>.png, breakdown_<mode>.png, throughput_<mode>.png (marked PREDICTED when simulated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tag = "PREDICTED " if predicted else ""
+    paths = []
+    for mode in sorted({r["mode"] for r in rows}):
+        mine = [r for r in rows if r["mode"] == mode]
+        backends = sorted({r["backend"] for r in mine})
+        # One x position per layout, ordered by world size: "4" and "2x2" are both 4 ranks but separate points.
+        layouts = sorted({(r["world"], r["layout"]) for r in mine}, key=lambda wl: (wl[0], "x" in wl[1], wl[1]))
+        x_of = {name: i for i, (_, name) in enumerate(layouts)}
+        xs, names = list(range(len(layouts))), [name for _, name in layouts]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(xs, [1.0] * len(xs), "k--", label="ideal")
+        for b in backends:
+            pts = sorted((x_of[r["layout"]], r["efficiency"]) for r in mine if r["backend"] == b)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=b)
+        ax.set_xticks(xs, names)
+        ax.set_ylim(0, max(1.1, max(r["efficiency"] for r in mine) * 1.1))
+        ax.set_xlabel("ranks N")
+        ax.set_ylabel("efficiency")
+        ax.set_title(f"{tag}{mode} scaling efficiency{title_note}", fontsize=9)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / f"efficiency_{mode}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+        fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 4), sharey=True, squeeze=False)
+        for ax, b in zip(axes[0], backends):
+            rs = sorted((r for r in mine if r["backend"] == b), key=lambda r: x_of[r["layout"]])
+            x = range(len(rs))
+            compute = [r["parts"]["compute"] for r in rs]
+            exposed = [r["parts"]["exposed"] + r["parts"]["wait"] for r in rs]
+            other = [r["parts"]["data"] + r["parts"]["other"] for r in rs]
+            ax.bar(x, compute, label="compute")
+            ax.bar(x, exposed, bottom=compute, label="exposed comm + wait")
+            ax.bar(x, other, bottom=[c + e for c, e in zip(compute, exposed)], label="data + other")
+            ax.plot(x, [r["ideal_ms"] for r in rs], "k_", markersize=30, markeredgewidth=2, label="ideal step")
+            ax.set_xticks(list(x), [r["layout"] for r in rs])
+            ax.set_xlabel("ranks N")
+            ax.set_title(b)
+        paths.append(_save_backend_panels(fig, axes, f"{tag}{mode} scaling: where a step's time goes{title_note}",
+                                          out_dir / f"breakdown_{mode}.png"))
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for b in backends:
+            rs = sorted((r for r in mine if r["backend"] == b), key=lambda r: x_of[r["layout"]])
+            base = rs[0]["tokens_per_s"] if rs and rs[0]["world"] == 1 else None
+            line, = ax.plot([x_of[r["layout"]] for r in rs], [r["tokens_per_s"] for r in rs], "o-", label=b)
+            if base:
+                ideal = [base * r["world"] for r in rs]  # N ranks: N times the tokens/s, in either mode
+                ax.plot([x_of[r["layout"]] for r in rs], ideal, ":", color=line.get_color(), label=f"{b} ideal")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, names)
+        ax.set_xlabel("ranks N")
+        ax.set_ylabel("tokens / s (all ranks)")
+        ax.set_title(f"{tag}{mode} scaling: throughput{title_note}", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / f"throughput_{mode}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def plot_predicted_vs_measured(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """validation_<mode>.png: per backend, the measured step (bar, p25–p75 whisker) and the predicted one
+    (marker, error in % above it) at each layout. rows: `launch/simulate.py validate`'s rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for mode in sorted({r["mode"] for r in rows}):
+        mine = [r for r in rows if r["mode"] == mode]
+        backends = sorted({r["backend"] for r in mine})
+        fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 4), sharey=True, squeeze=False)
+        for ax, b in zip(axes[0], backends):
+            rs = [r for r in mine if r["backend"] == b]  # in the study's order (by world size)
+            x = list(range(len(rs)))
+            measured = [r["measured_ms"] for r in rs]
+            spread = [[m - r["measured_p25"] for m, r in zip(measured, rs)], [r["measured_p75"] - m for m, r in zip(measured, rs)]]
+            ax.bar(x, measured, color="#9ecae1", yerr=spread, capsize=3, label="measured (p25–p75)")
+            ax.plot(x, [r["predicted_ms"] for r in rs], "kD", label="predicted")
+            for xi, r in zip(x, rs):
+                ax.annotate(f"{100 * r['error']:+.1f}%", (xi, max(r["predicted_ms"], r["measured_p75"])),
+                            textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+            ax.set_xticks(x, [r["layout"] for r in rs])
+            ax.set_xlabel("ranks N")
+            ax.set_title(b)
+        paths.append(_save_backend_panels(fig, axes, f"{mode} scaling: predicted vs measured step",
+                                          out_dir / f"validation_{mode}.png"))
+    return paths

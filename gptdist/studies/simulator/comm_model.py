@@ -1,0 +1,166 @@
+"""Communication models: the time of one collective from an alpha-beta fit, a measured table or a hardware
+profile; and the CPU terms (contention, compute speed while a collective runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from gptdist.errors import ConfigError
+from gptdist.studies.simulator.timeline import Timeline
+
+
+CommFn = Callable[[str, float, int], float]  # (op, nbytes, world_size) -> ms
+# ----------------------------------------------------------------------------------------------
+# Communication models
+
+
+def comm_from_fit(path: str | Path, extrapolate: bool = True) -> CommFn:
+    """α–β fits of a comm_bench fit.json, per op and world size."""
+    from gptdist.studies.alphabeta import load_fit
+
+    model = load_fit(path)
+
+    def time_ms(op: str, nbytes: float, n: int) -> float:
+        try:
+            return model.predict_time_us(op, nbytes, n, extrapolate=extrapolate) / 1e3
+        except KeyError as e:
+            raise ConfigError(f"{path}: {e.args[0]}") from None
+
+    return time_ms
+
+
+def comm_from_table(paths: list[str | Path]) -> CommFn:
+    """The measured comm_bench tables themselves (results.json files, or folders holding one), per op and
+    world size: time at a size is interpolated linearly between the two measured sizes around it (sizes
+    are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it.
+    Unlike an α–β fit, which one line through 1 KiB..64 MiB makes miss the large sizes by up to ~1.7× on
+    gloo, it follows the measurement at every size; it knows only the world sizes that were measured, and
+    one table per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
+    given (on one host, as here, the same thing; across real nodes, measure that layout)."""
+    table: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    source: dict[tuple[str, int], Path] = {}
+    for path in paths:
+        path = Path(path)
+        path = path / "results.json" if path.is_dir() else path
+        try:
+            rows = json.loads(path.read_text())["results"]
+        except FileNotFoundError:
+            raise ConfigError(f"comm table not found: {path} (a comm_bench results.json or its folder)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a comm_bench results.json: {e}") from None
+        for r in rows:
+            key = (r["op"], int(r["world_size"]))
+            if source.setdefault(key, path) != path:  # e.g. a 1-node and a 2-node table of the same world size
+                raise ConfigError(f"{source[key]} and {path} both measure {key[0]} at {key[1]} ranks; pass one of them")
+            table.setdefault(key, []).append((float(r["size_bytes"]), float(r["time_us"])))
+    for points in table.values():
+        points.sort()
+
+    def time_ms(op: str, nbytes: float, n: int) -> float:
+        if n <= 1:
+            return 0.0
+        points = table.get((op, n))
+        if not points:
+            have = ", ".join(f"{o}@{w}" for o, w in sorted(table))
+            raise ConfigError(f"the comm tables have no {op} at {n} ranks (measured: {have}); measure it or use --fit")
+        if nbytes <= points[0][0] or len(points) == 1:
+            return points[0][1] / 1e3
+        for (s0, t0), (s1, t1) in zip(points, points[1:]):
+            if nbytes <= s1:
+                return (t0 + (t1 - t0) * (nbytes - s0) / (s1 - s0)) / 1e3
+        (s0, t0), (s1, t1) = points[-2], points[-1]
+        return (t1 + (t1 - t0) / (s1 - s0) * (nbytes - s1)) / 1e3
+
+    return time_ms
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A cluster as α–β per link class. Collectives are modelled as NCCL's ring (busbw constant in N)
+    inside a node, and hierarchically across nodes: reduce-scatter inside the node, the ring over the
+    nodes' NICs on 1/g of the data (each GPU uses its own NIC: rails), all-gather inside the node."""
+
+    name: str
+    gpus_per_node: int
+    intra_busbw_gbps: float  # achieved NCCL busbw inside a node, large messages
+    intra_alpha_us: float
+    inter_busbw_gbps: float  # achieved per-GPU busbw over the network (one NIC per GPU)
+    inter_alpha_us: float
+    peak_tflops: float  # dense bf16 per GPU (for modelled timelines)
+    sources: tuple[str, ...] = ()
+
+    def time_ms(self, op: str, nbytes: float, n: int) -> float:
+        from gptdist.studies.alphabeta import busbw_factor
+
+        if n <= 1:
+            return 0.0
+        g = min(n, self.gpus_per_node)
+        nodes = math.ceil(n / self.gpus_per_node)
+        # ring cost inside the node: nbytes · factor(op, g) / busbw
+        t_us = self.intra_alpha_us + nbytes * busbw_factor(op, g) / (self.intra_busbw_gbps * 1e3)
+        if nodes > 1:
+            # each GPU carries 1/g of the data over its own NIC, in a ring of `nodes`
+            t_us += self.inter_alpha_us + (nbytes / g) * busbw_factor(op, nodes) / (self.inter_busbw_gbps * 1e3)
+        return t_us / 1e3
+
+
+PROFILES: dict[str, HardwareProfile] = {
+    # Assumptions, not measurements. busbw figures: nccl-tests all_reduce_perf on 8x H100 SXM (NVLink 4,
+    # NVSwitch, NVLS) reaches ~460-480 GB/s busbw at large sizes (NVIDIA's nccl-tests maintainer in
+    # github.com/NVIDIA/nccl-tests/issues/290: "476GB/s looks to be in the expected range for H100");
+    # we take 450 to stay below the NVLS peak. 400 Gb/s NDR InfiniBand: "you should see 46-48GB/s per
+    # NIC" (same thread); we take 45 per GPU with one NIC per GPU (DGX/HGX H100: 8x ConnectX-7).
+    # α (small-message latency) is an assumption of the order nccl-tests prints for 8 B all-reduces:
+    # ~15 µs inside a node, ~30 µs added across nodes; it only matters for tiny buckets.
+    "h100-nvlink-8": HardwareProfile("h100-nvlink-8", 8, 450.0, 15.0, 45.0, 30.0, 989.0, (
+        "github.com/NVIDIA/nccl-tests/issues/290 (476 GB/s all-reduce busbw, 8x H100, NVLS)",)),
+    "2x8-h100-ib-400g": HardwareProfile("2x8-h100-ib-400g", 8, 450.0, 15.0, 45.0, 30.0, 989.0, (
+        "github.com/NVIDIA/nccl-tests/issues/290 (476 GB/s in a node; 46-48 GB/s per 400G NDR NIC)",
+        "one 400 Gb/s NIC per GPU (rail-optimised, as DGX H100)")),
+}
+
+
+def comm_from_profile(name: str) -> CommFn:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown hardware profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name].time_ms
+
+
+def batch_compute_scale(big: "Timeline", small: "Timeline", tokens: float) -> float:
+    """compute_scale for `tokens` per rank from two measured single-rank timelines at different batches:
+    the batch-dependent work (pre + backward) as an affine function a + b·tokens through both points.
+    A fixed per-step cost (Python, kernel launches, small ops) does not shrink with the batch, so a
+    straight 1/N overestimates strong scaling; two measured points capture it."""
+    w_big, w_small = big.pre_ms + big.backward_ms, small.pre_ms + small.backward_ms
+    if big.tokens_per_step == small.tokens_per_step:
+        raise ConfigError("the two timelines must have different batches (tokens_per_step)")
+    slope = (w_big - w_small) / (big.tokens_per_step - small.tokens_per_step)
+    intercept = w_big - slope * big.tokens_per_step
+    return (intercept + slope * tokens) / w_big
+
+
+def cpu_contention(world_size: int, threads_per_rank: int, cores: int) -> float:
+    """How much slower each rank computes when N ranks x t threads share C cores."""
+    return max(1.0, world_size * threads_per_rank / cores)
+
+
+def cpu_overlap(world_size: int, threads_per_rank: int, cores: int) -> float:
+    """Fraction of full speed a rank's compute keeps while a collective runs on a CPU: spare cores per rank
+    (C − N·t)/N, clamped to [0, 1]. gloo's collectives are CPU work; with no spare core they take it from
+    compute (1 rank of 1 thread on 2 cores: 1; 2 ranks on 2 cores: 0; 4 ranks on 2 cores: 0)."""
+    return min(1.0, max(0.0, cores - world_size * threads_per_rank) / world_size)
+
+
+def contention_from_runs(solo: "Timeline", concurrent: list["Timeline"]) -> float:
+    """Measured contention: compute (pre + backward + post) of K copies of the same 1-rank job run at once
+    (no communication), over the same job run alone. Each copy's timeline is its median step; the factor
+    is the mean over copies, since the slowest copy in a step differs from step to step."""
+    if not concurrent:
+        raise ConfigError("contention_from_runs needs at least one concurrent run")
+    work = lambda t: t.pre_ms + t.backward_ms + sum(t.post_ms.values())  # noqa: E731
+    return statistics.mean(work(t) for t in concurrent) / work(solo)

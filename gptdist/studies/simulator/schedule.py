@@ -1,0 +1,215 @@
+"""The schedule: replay one rank's timeline with N ranks' collectives (all-reduce buckets or FSDP's
+all-gathers and reduce-scatters) and predict the step."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from gptdist.errors import ConfigError
+from gptdist.studies.simulator.timeline import Timeline
+from gptdist.studies.simulator.comm_model import CommFn
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulation
+
+
+@dataclass
+class CommEvent:
+    op: str
+    label: str
+    bytes: float
+    launch_ms: float
+    start_ms: float
+    end_ms: float
+
+
+@dataclass
+class Prediction:
+    backend: str
+    world_size: int
+    step_ms: float
+    compute_ms: float
+    comm_ms: float  # sum of collective durations (one stream: no two at once)
+    exposed_ms: float  # communication with no compute running
+    data_ms: float
+    other_ms: float
+    schedule: list[CommEvent]
+    assumptions: dict = field(default_factory=dict)
+
+    @property
+    def overlap(self) -> Optional[float]:
+        return max(0.0, 1.0 - self.exposed_ms / self.comm_ms) if self.comm_ms > 0 else None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["overlap"] = self.overlap
+        return d
+
+
+def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: int, free_at: float = 0.0) -> list[CommEvent]:
+    """Requests (op, label, bytes, launch time) in issue order on one stream -> events."""
+    events = []
+    for op, label, nbytes, launch in requests:
+        start = max(launch, free_at)
+        free_at = start + comm(op, nbytes, n)
+        events.append(CommEvent(op, label, nbytes, launch, start, free_at))
+    return events
+
+
+def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, float, float]], comm: CommFn, n: int,
+                        cpu_overlap: float) -> tuple[float, list[CommEvent]]:
+    """Run the backward (bwd ms of work starting at `pre`) and the bucket all-reduces launched at points of
+    its work (launches: (op, label, bytes, work done at launch), in issue order) on one comm stream. While a
+    collective runs, compute advances at `cpu_overlap` of full speed (1: free overlap; 0: compute waits).
+    Returns (wall time the backward's work ends, events)."""
+    wall, done, busy_until, events = pre, 0.0, pre, []
+
+    def compute_until(target: float) -> None:  # advance the backward's work to `target` ms done
+        nonlocal wall, done
+        while done < target - 1e-12:
+            if wall < busy_until:  # a collective is running: compute at cpu_overlap speed
+                if cpu_overlap <= 0.0:
+                    wall = busy_until
+                    continue
+                step = min(busy_until - wall, (target - done) / cpu_overlap)
+                wall, done = wall + step, done + step * cpu_overlap
+            else:
+                wall, done = wall + (target - done), target
+
+    for op, label, nbytes, at_work in launches:
+        compute_until(at_work)
+        start = max(wall, busy_until)  # one stream: after the previous collective
+        busy_until = start + comm(op, nbytes, n)
+        events.append(CommEvent(op, label, nbytes, wall, start, busy_until))
+    compute_until(bwd)
+    return wall, events
+
+
+def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
+                       overlap: bool = True, backend: str = "manual", cpu_overlap: float = 1.0) -> Prediction:
+    """manual / ddp: bucketed all-reduce, launched in index order, overlapped with backward (at
+    `cpu_overlap` of full compute speed while a collective runs: 1 on GPUs, see `cpu_overlap()` on CPUs)."""
+    c = compute_scale * contention
+    pre, bwd, data = t.pre_ms * c, t.backward_ms * c, t.data_ms * c
+    post = sum(t.post_ms.values()) * contention
+    requests, launch = [], 0.0
+    for b in sorted(t.buckets, key=lambda b: b.index):
+        ready = b.ready_ms * c if overlap else bwd
+        launch = max(launch, ready)  # the order rule
+        requests.append(("all_reduce", f"bucket={b.index}", b.bytes, launch))
+    if n > 1:
+        bwd_end, events = _backward_with_comm(pre, bwd, requests, comm, n, cpu_overlap)
+    else:
+        bwd_end, events = pre + bwd, []
+    sync_end = max([bwd_end] + [e.end_ms for e in events])
+    loss = comm("all_reduce", 8, n) if n > 1 else 0.0  # the trainer's loss (+ stop flag) all-reduce
+    step = sync_end + post + loss + t.other_ms
+    comm_total = sum(e.end_ms - e.start_ms for e in events) + loss
+    # exposed: the time compute is not running at full speed because of communication
+    exposed = (sync_end - (pre + bwd)) + loss
+    return Prediction(backend, n, step, pre - data + bwd + post, comm_total, exposed, data, t.other_ms, events,
+                      {"compute_scale": compute_scale, "contention": contention, "overlap": overlap,
+                       "cpu_overlap": cpu_overlap})
+
+
+def fsdp_units(model: dict, param_bytes_per_element: int = 4) -> list[tuple[str, float, float]]:
+    """(name, parameter bytes, share of the model FLOPs) for the root and each block, from the GPT shape.
+    A block: 12·d² weights (+ biases, LayerNorms), attention 12·T·d FLOPs per token on top of 6·params.
+    The root: wte (tied lm_head, V·d) + wpe + ln_f; its FLOPs are the lm_head matmul (6·V·d per token)."""
+    L, d, V, T = model["n_layer"], model["n_embd"], model["vocab_size"], model["seq_len"]
+    block_params = 12 * d * d + 13 * d
+    block_flops = 6 * block_params + 12 * T * d
+    root_params = V * d + model.get("block_size", T) * d + 2 * d
+    root_flops = 6 * V * d
+    total = L * block_flops + root_flops
+    units = [("root", root_params * param_bytes_per_element, root_flops / total)]
+    units += [(f"h.{i}", block_params * param_bytes_per_element, block_flops / total) for i in range(L)]
+    return units
+
+
+def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
+                  prefetch: bool = True, reshard_after_forward: bool = True, gather_bytes_per_element: int = 4,
+                  reduce_bytes_per_element: int = 4) -> Prediction:
+    """FSDP2 (ZeRO-3): per-unit all-gather before forward and backward, reduce-scatter after backward."""
+    if not t.model:
+        raise ConfigError("the timeline has no model shape (fsdp needs it to split compute per unit)")
+    c = compute_scale * contention
+    units = fsdp_units(t.model)
+    root, blocks = units[0], units[1:]
+    data = t.data_ms * c
+    fwd = (t.pre_ms - t.data_ms) * c
+    bwd = t.backward_ms * c
+    # The optimizer, clip and zero_grad work on this rank's 1/N shard.
+    post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * contention / n
+    free_at, clock, events = 0.0, data, []
+
+    def collective(op: str, label: str, nbytes: float, launch: float) -> float:
+        nonlocal free_at
+        (e,) = _run_stream([(op, label, nbytes, launch)], comm, n, free_at)
+        free_at = e.end_ms
+        events.append(e)
+        return e.end_ms
+
+    gather = lambda u: u[1] * gather_bytes_per_element / 4  # noqa: E731  (units come in fp32 bytes)
+    # Forward: the root (embeddings) first, then the blocks; the root's lm_head at the end.
+    fwd_time = {u[0]: fwd * u[2] for u in units}
+    ready = {root[0]: collective("all_gather", "module=root", gather(root), clock)}
+    if prefetch and blocks:
+        ready[blocks[0][0]] = collective("all_gather", f"module={blocks[0][0]}", gather(blocks[0]), clock)
+    for i, u in enumerate(blocks):
+        if u[0] not in ready:
+            ready[u[0]] = collective("all_gather", f"module={u[0]}", gather(u), clock)
+        clock = max(clock, ready[u[0]])
+        if prefetch and i + 1 < len(blocks):  # issued as this block starts computing
+            nxt = blocks[i + 1]
+            ready[nxt[0]] = collective("all_gather", f"module={nxt[0]}", gather(nxt), clock)
+        clock += fwd_time[u[0]]
+    clock += fwd_time[root[0]]  # lm_head + loss (the root stays gathered)
+    # Backward: the root's lm_head first, blocks last to first, the embeddings' gradient at the very end.
+    bwd_time = {u[0]: bwd * u[2] for u in units}
+    clock += bwd_time[root[0]]
+    rev = list(reversed(blocks))
+    ready = {}
+    if reshard_after_forward and prefetch and rev:
+        ready[rev[0][0]] = collective("all_gather", f"module={rev[0][0]}", gather(rev[0]), clock)
+    for i, u in enumerate(rev):
+        if reshard_after_forward:
+            if u[0] not in ready:
+                ready[u[0]] = collective("all_gather", f"module={u[0]}", gather(u), clock)
+            clock = max(clock, ready[u[0]])
+            if prefetch and i + 1 < len(rev):
+                nxt = rev[i + 1]
+                ready[nxt[0]] = collective("all_gather", f"module={nxt[0]}", gather(nxt), clock)
+        clock += bwd_time[u[0]]
+        scattered = collective("reduce_scatter", f"module={u[0]}", u[1] * reduce_bytes_per_element / 4, clock)
+        if not prefetch:  # CPU/gloo: the reduce-scatter is waited for before the next unit's backward
+            clock = max(clock, scattered)
+    last = collective("reduce_scatter", "module=root", root[1] * reduce_bytes_per_element / 4, clock)
+    sync_end = max(clock, last)
+    norm = comm("all_reduce", 8, n)  # the global grad-norm all-reduce
+    loss = comm("all_reduce", 8, n)
+    step = sync_end + post + norm + loss + t.other_ms
+    compute = fwd + bwd + post
+    comm_total = sum(e.end_ms - e.start_ms for e in events) + norm + loss
+    exposed = max(0.0, step - compute - data - t.other_ms)
+    return Prediction("fsdp", n, step, compute, comm_total, exposed, data, t.other_ms, events,
+                      {"compute_scale": compute_scale, "contention": contention, "prefetch": prefetch,
+                       "reshard_after_forward": reshard_after_forward})
+
+
+# Which schedule models which registered backend (gptdist.parallel.BACKENDS): the simulator's own knowledge.
+SCHEDULE_OF = {"manual": "allreduce", "ddp": "allreduce", "fsdp": "fsdp"}
+
+
+def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual", compute_scale: float = 1.0,
+             contention: float = 1.0, overlap: bool = True, prefetch: bool = True, cpu_overlap: float = 1.0) -> Prediction:
+    if SCHEDULE_OF.get(backend) == "allreduce":
+        if not t.buckets:
+            raise ConfigError(f"{t.source or 'the timeline'} has no gradient buckets (an fsdp run?): "
+                              f"{backend} needs a timeline from a manual or ddp run")
+        return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend, cpu_overlap)
+    if SCHEDULE_OF.get(backend) == "fsdp":
+        return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)
+    raise ConfigError(f"the simulator models {', '.join(SCHEDULE_OF)}, not {backend!r}")

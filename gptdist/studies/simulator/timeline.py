@@ -1,0 +1,175 @@
+"""A step's timeline (compute phases, gradient buckets and when each is ready): read from a measured 1-rank run,
+from a JSON file, or modelled from the model shape and a device's speed."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gptdist.errors import ConfigError
+from gptdist.run_reader import read_rank_rows, read_run_config, with_step_periods
+
+
+# Phases after the synced backward whose work does not depend on the batch.
+POST_PHASES = ("grad_sync", "clip", "optimizer", "zero_grad")
+
+
+@dataclass
+class BucketTiming:
+    index: int
+    bytes: int
+    ready_ms: float  # from the start of the synced backward
+
+
+@dataclass
+class Timeline:
+    pre_ms: float
+    backward_ms: float
+    post_ms: dict[str, float]
+    other_ms: float
+    buckets: list[BucketTiming]
+    data_ms: float = 0.0  # part of pre_ms (reported separately; scaled like pre_ms)
+    step_ms: float = 0.0  # the measured step, for reference
+    tokens_per_step: int = 0
+    model: dict = field(default_factory=dict)  # n_layer, n_embd, vocab_size, seq_len (for fsdp units)
+    source: str = ""
+    backend: str = ""  # the backend of the run it came from (its bucket layout)
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(b.bytes for b in self.buckets)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @staticmethod
+    def from_json(data: dict) -> "Timeline":
+        data = dict(data)
+        data["buckets"] = [BucketTiming(**b) for b in data["buckets"]]
+        return Timeline(**data)
+
+
+def load_timeline(path: str | Path) -> Timeline:
+    try:
+        timeline = Timeline.from_json(json.loads(Path(path).read_text()))
+        timeline.source = timeline.source or str(path)  # where it came from: its run folder, else this file
+        return timeline
+    except FileNotFoundError:
+        raise ConfigError(f"timeline file not found: {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a timeline file (write one with launch/simulate.py extract): {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# From a measured run
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool = True) -> Timeline:
+    """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual or ddp run). The
+    step is the period (from the previous step's end, `end_unix_s`) where the rows have it, so `other`
+    holds the work between steps too, as the scaling study's step does."""
+    rows = [r for r in with_step_periods(rows) if "timeline" in r]
+    kept = rows[skip:] if len(rows) > skip else rows
+    if not kept:
+        raise ConfigError("no steps with a timeline (run with the manual or ddp backend and instrument.enabled=true)")
+    pre, bwd, data, step = [], [], [], []
+    post: dict[str, list[float]] = {p: [] for p in POST_PHASES}
+    ready: dict[int, list[float]] = {}
+    sizes: dict[int, int] = {}
+    for r in kept:
+        phases = r["timeline"]["phases"]
+        backwards = [p for p in phases if p[0] == "backward"]
+        if not backwards:
+            raise ConfigError(f"step {r['step']} has no backward phase")
+        _, b_start, b_end = backwards[-1]  # the synced backward (the last micro-step's)
+        pre.append(b_start)
+        bwd.append(b_end - b_start)
+        data.append(sum(e - s for name, s, e in phases if name == "data"))
+        for name in POST_PHASES:
+            post[name].append(sum(e - s for n, s, e in phases if n == name))
+        step.append(r["period_ms"])
+        for name, index, nbytes, t in r["timeline"]["marks"]:
+            if name == "bucket_ready":
+                ready.setdefault(index, []).append(t - b_start)
+                sizes[index] = nbytes
+    if not ready and require_buckets:
+        raise ConfigError("the run recorded no bucket_ready marks: take the timeline from a manual or ddp run "
+                          "with instrument.enabled=true")
+    buckets = [BucketTiming(i, sizes[i], _median(ready[i])) for i in sorted(ready)]
+    post_ms = {k: _median(v) for k, v in post.items()}
+    # `other` is the residual of the medians (as in the scaling study), so the timeline replayed at one rank
+    # gives back the median step exactly (a median of per-step residuals would not: medians do not add).
+    # It can be negative when the parts' medians add up to more than the median step.
+    other_ms = _median(step) - _median(pre) - _median(bwd) - sum(post_ms.values())
+    return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms=post_ms, other_ms=other_ms,
+                    buckets=buckets, data_ms=_median(data), step_ms=_median(step))
+
+
+def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Timeline:
+    """Timeline of a 1-rank run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml. manual or ddp:
+    with their bucket layouts. fsdp: no buckets (`simulate_fsdp` splits compute per unit from the model
+    shape); its phases carry FSDP's own compute (copies in and out of the flat shards, its hooks)."""
+    run_dir = Path(run_dir)
+    steps = run_dir / "ranks" / f"rank{rank}" / "steps.jsonl"
+    if not steps.is_file():
+        raise ConfigError(f"{steps} not found (is {run_dir} an instrumented run folder?)")
+    rows = read_rank_rows(run_dir)[rank]
+    config = read_run_config(run_dir)
+    timeline = timeline_from_steps(rows, skip, require_buckets=config is None or config.backend != "fsdp")
+    if config is not None:
+        from gptdist.config import batch_plan, resolve_model
+
+        m = resolve_model(config)
+        timeline.model = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
+                          "seq_len": config.data.seq_len}
+        world = len(list((run_dir / "ranks").glob("rank*")))
+        timeline.tokens_per_step = batch_plan(config, world).tokens_per_step // world  # per rank
+        timeline.backend = config.backend
+    timeline.source = str(run_dir)
+    return timeline
+
+
+# ----------------------------------------------------------------------------------------------
+# A modelled (not measured) single-GPU timeline
+
+
+def modelled_timeline(model: dict, tokens_per_rank: int, peak_tflops: float, mfu: float,
+                      bucket_cap_mb: float = 25.0, first_bucket_mb: float = 1.0, grad_bytes_per_element: int = 4,
+                      optimizer_ms: float = 0.0) -> Timeline:
+    """A single-GPU timeline from FLOPs at an assumed MFU, for when no GPU run exists. Forward = 1/3 and
+    backward = 2/3 of 6·N·tokens (+ attention) FLOPs; bucket ready times proportional to backward progress
+    over the parameters in reverse order (the tied wte/lm_head bucket ready at the end, as measured on CPU).
+    Replace it with `timeline_from_run` on a measured 1-GPU run as soon as one exists."""
+    import torch
+
+    from gptdist.flops import flops_per_token
+    from gptdist.model import GPT, GPTConfig
+    from gptdist.parallel.buckets import MB, plan_buckets
+
+    cfg = GPTConfig(n_layer=model["n_layer"], n_head=model["n_head"], n_embd=model["n_embd"],
+                    block_size=model["seq_len"], vocab_size=model["vocab_size"])
+    with torch.device("meta"):
+        gpt = GPT(cfg)
+    step_flops = flops_per_token(cfg, model["seq_len"]) * tokens_per_rank
+    compute_ms = step_flops / (peak_tflops * 1e12 * mfu) * 1e3
+    fwd, bwd = compute_ms / 3, compute_ms * 2 / 3
+    buckets = plan_buckets(gpt.named_parameters(), int(bucket_cap_mb * MB), int(first_bucket_mb * MB))
+    total = sum(b.numel for b in buckets)
+    timings, done = [], 0
+    for b in buckets:
+        done += b.numel
+        tied = any(name.endswith("wte.weight") for name in b.names)
+        ready = bwd if tied else bwd * done / total
+        timings.append(BucketTiming(b.index, b.numel * grad_bytes_per_element, ready))
+    return Timeline(pre_ms=fwd, backward_ms=bwd, post_ms={"optimizer": optimizer_ms}, other_ms=0.0, buckets=timings,
+                    tokens_per_step=tokens_per_rank, model=dict(model),
+                    source=f"modelled: {step_flops:.3g} FLOPs at {mfu:.0%} MFU of {peak_tflops:g} TFLOP/s")
