@@ -32,7 +32,7 @@ def test_run_spec_starts_each_node_on_its_own_gpus(tmp_path, monkeypatch):
             return "", None
 
     monkeypatch.setattr(subprocess, "Popen", FakeProc)
-    monkeypatch.setattr(scaling, "visible_gpus", lambda: ["0", "1", "2", "3"])
+    monkeypatch.setattr("gptdist.studies.scaling.plan.visible_gpus", lambda: ["0", "1", "2", "3"])
     spec = scaling.RunSpec("ddp", scaling.Layout(2, 2), 4, 32, ("strong",))
     scaling.run_spec(spec, "configs/scaling_cpu.yaml", tmp_path, steps=1, threads_per_rank=1, timeout=10, log=lambda _: None)
     assert envs == ["0,1", "2,3"]

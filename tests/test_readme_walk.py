@@ -36,6 +36,8 @@ SKIP = [
     (lambda w: "launch/scaling.py" in w,
      "its torchrun jobs run in the repository root (gptdist/studies/scaling/plan.py, cwd=REPO), not in the walk's scratch "
      "folder; tests/test_scaling.py runs the study"),
+    (lambda w: "launch/cluster.py" in w,
+     "builds network namespaces (and Slurm daemons) as root; tests/test_cluster.py and tests/test_slurm.py run them"),
     (lambda w: "configs/ladder/cpu_tiny.yaml" in w,
      "minutes of interleaved rounds and torch.compile on a CPU; tests/test_ladder.py runs the ladder"),
 ]

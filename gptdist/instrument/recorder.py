@@ -317,7 +317,10 @@ class CollectiveRecorder:
                 rec.end_s = max(ready, last_end) + duration_ms / 1e3
         if rec.end_s is None:
             return
-        rec.start_s = min(max(rec.issue_s, last_end), rec.end_s)
+        rec.start_s = max(rec.issue_s, last_end)
+        # gloo runs a group's collectives on two worker threads, so one can finish inside its predecessor's
+        # interval: it then adds no time of its own (start = end), and the queue's intervals never go back.
+        rec.end_s = max(rec.end_s, rec.start_s)
         self._last_end[rec.queue] = max(last_end, rec.end_s)
 
     def collect(self, cuda_ref: Optional[tuple[Any, float]] = None) -> list[CollectiveRecord]:

@@ -51,10 +51,15 @@ def timed_allreduce_hook(state, bucket):
 
 @dataclass
 class DDPOptions:
-    """`parallel.ddp.*`"""
+    """`parallel.ddp.*`: torch's DistributedDataParallel.
 
-    bucket_cap_mb: float = 25.0  # DDP's bucket_cap_mb (MiB)
-    gradient_as_bucket_view: bool = True  # gradients are views of DDP's buckets (no copy in or out)
+    Fields:
+        bucket_cap_mb: DDP's bucket_cap_mb (MiB)
+        gradient_as_bucket_view: gradients are views of DDP's buckets (no copy in or out)
+    """
+
+    bucket_cap_mb: float = 25.0
+    gradient_as_bucket_view: bool = True
 
 
 class DDPBackend(Backend):

@@ -114,11 +114,17 @@ class TimedReduceScatter(DefaultReduceScatter):
 
 @dataclass
 class FSDPOptions:
-    """`parallel.fsdp.*`"""
+    """`parallel.fsdp.*`: FSDP2 (fully_shard).
 
-    reshard_after_forward: bool = True  # True = ZeRO-3 (free gathered params after forward); False = ZeRO-2
-    param_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # dtype of the gradient reduce-scatter
+    Fields:
+        reshard_after_forward: true = ZeRO-3 (free gathered params after forward); false = ZeRO-2-like
+        param_dtype: dtype of the gathered parameters; auto = bf16 on CUDA, fp32 on CPU
+        reduce_dtype: dtype of the gradient reduce-scatter
+    """
+
+    reshard_after_forward: bool = True
+    param_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
 
 
 class FSDPBackend(Backend):

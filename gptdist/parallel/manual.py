@@ -57,11 +57,17 @@ class CommStats:
 
 @dataclass
 class ManualOptions:
-    """`parallel.manual.*`"""
+    """`parallel.manual.*`: the handwritten bucketed all-reduce.
 
-    bucket_cap_mb: float = 25.0  # gradient bucket size cap (MiB)
-    first_bucket_mb: float = 1.0  # the first bucket (last layers' grads) is small so comm starts early
-    overlap: bool = True  # launch each bucket's all-reduce during backward; False = after backward
+    Fields:
+        bucket_cap_mb: gradient bucket size cap (MiB)
+        first_bucket_mb: the first bucket (last layers' grads) is small so communication starts early (MiB)
+        overlap: launch each bucket's all-reduce during backward; false = all after backward
+    """
+
+    bucket_cap_mb: float = 25.0
+    first_bucket_mb: float = 1.0
+    overlap: bool = True
 
 
 class ManualBackend(Backend):
