@@ -179,3 +179,48 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: the world sizes must include 1 (the baseline every efficiency is relative to)"]
     assert not (tmp_path / "r").exists()
+
+
+def write_run(run_dir, steps_by_rank, split_rows=None):
+    """A hand-made run folder: ranks/rank{r}/steps.jsonl and, if given, collectives_split.jsonl."""
+    for rank, rows in steps_by_rank.items():
+        (run_dir / "ranks" / f"rank{rank}").mkdir(parents=True)
+        (run_dir / "ranks" / f"rank{rank}" / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if split_rows is not None:
+        (run_dir / "collectives_split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
+    return run_dir
+
+
+def collective(step, wait, transfer, label="bucket=0"):
+    return {"step": step, "op": "all_reduce", "label": label, "last_rank": max(wait, key=wait.get),
+            "wait_ms": wait, "transfer_ms": transfer}
+
+
+def test_measured_wait_and_transfer_are_carried_into_the_study_rows(tmp_path):
+    """collectives_split.jsonl -> per step, sum over collectives, mean over ranks, median over steps.
+    2 ranks, warm-up step 1 (huge, left out):
+      step 2: bucket (rank 0 waits 4, both transfer 2) + loss (no wait, transfer 1): wait mean 2, transfer 3
+      step 3: rank 1 waits 6, transfer 1:                                              wait mean 3, transfer 1
+      step 4: rank 0 waits 8, transfer 5:                                              wait mean 4, transfer 5
+    medians: wait 3, transfer 3. The 1-rank run: never waits, transfers 2 ms a step."""
+    from gptdist.studies.scaling import collect_run, comm_split_table
+    from gptdist.studies.scaling.analysis import measured_comm_split
+
+    two = [collective(1, {"0": 100.0, "1": 0.0}, {"0": 50.0, "1": 50.0}),
+           collective(2, {"0": 4.0, "1": 0.0}, {"0": 2.0, "1": 2.0}),
+           collective(2, {"0": 0.0, "1": 0.0}, {"0": 1.0, "1": 1.0}, label="loss"),
+           collective(3, {"0": 0.0, "1": 6.0}, {"0": 1.0, "1": 1.0}),
+           collective(4, {"0": 8.0, "1": 0.0}, {"0": 5.0, "1": 5.0})]
+    one = [collective(s, {"0": 0.0}, {"0": 2.0}) for s in (1, 2, 3, 4)]
+    steps = [row(s, 50.0, 40.0, 5.0) for s in (1, 2, 3, 4)]
+    run2 = write_run(tmp_path / "m2", {0: steps, 1: steps}, two)
+    run1 = write_run(tmp_path / "m1", {0: steps}, one)
+    assert measured_comm_split(run2, warmup=1) == {"wait_ms": 3.0, "transfer_ms": 3.0}
+    assert measured_comm_split(write_run(tmp_path / "old", {0: steps}), warmup=1) is None  # a run from before the split
+
+    specs = {s.world: s for s in plan_runs(["manual"], parse_world_sizes("1,2"), ["strong"], 1, 16)}
+    results = [collect_run(run1, specs[1], warmup=1), collect_run(run2, specs[2], warmup=1)]
+    rows = analyse(results, ["strong"])
+    assert [(r["world"], r["arrival_wait_ms"], r["transfer_ms"]) for r in rows] == [(1, 0.0, 2.0), (2, 3.0, 3.0)]
+    assert "| strong | manual | 2 | 5.0 | 3.0 | 3.0 | +0.0 |" in comm_split_table(rows)
+    assert comm_split_table([{**r, "arrival_wait_ms": None, "transfer_ms": None} for r in rows]) == ""

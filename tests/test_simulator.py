@@ -341,7 +341,8 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     study = {"meta": {"seq_len": 4},
              "rows": [{"mode": m, "backend": b, "world": n, "layout": str(n), "batch_size": batch[m, n], "step_ms": ms,
                        "step_p25": ms, "step_p75": ms, "slowest_step_ms": ms + 2,
-                       "parts": {"compute": 1.0, "exposed": 1.0, "wait": 0.0}} for (m, b, n), ms in measured.items()]}
+                       "parts": {"compute": 1.0, "exposed": 1.0, "wait": 0.0}, "transfer_ms": 4.0}
+                      for (m, b, n), ms in measured.items()]}
     (tmp_path / "study.json").write_text(json.dumps(study))
     out = tmp_path / "val"
     python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
@@ -358,7 +359,15 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
         assert r["error_vs_slowest_rank"] == pytest.approx(expected / (measured[mode, backend, n] + 2) - 1)
     # ddp's single bucket cannot start before backward ends: slower than the manual backend's two
     assert rows["strong", "ddp", 2]["predicted_ms"] > rows["strong", "manual", 2]["predicted_ms"]
+    # The model's collectives are transfers; they are compared with the measured transfer (4 ms). By hand
+    # (alpha 1 ms, 2 us/byte): manual, two 1000-byte buckets 3 ms each + the 8-byte loss all-reduce 1.016 ms;
+    # ddp, one 2000-byte bucket 5 ms + 1.016 ms.
+    for backend, comm_ms in (("manual", 7.016), ("ddp", 6.016)):
+        r = rows["strong", backend, 2]
+        assert r["measured_transfer_ms"] == 4.0 and r["predicted_transfer_ms"] == pytest.approx(comm_ms)
+        assert r["transfer_error"] == pytest.approx(comm_ms / 4.0 - 1)
     assert "| strong | ddp | 2 |" in (out / "validation.md").read_text()
+    assert "| 4.0 / 6.0 |" in (out / "validation.md").read_text()
     assert all((out / f"validation_{mode}.png").stat().st_size > 1000 for mode in ("strong", "weak"))
 
     # With a second timeline measured at 2 sequences, the runs at that batch are replayed from it as they are
