@@ -224,3 +224,34 @@ def test_measured_wait_and_transfer_are_carried_into_the_study_rows(tmp_path):
     assert [(r["world"], r["arrival_wait_ms"], r["transfer_ms"]) for r in rows] == [(1, 0.0, 2.0), (2, 3.0, 3.0)]
     assert "| strong | manual | 2 | 5.0 | 3.0 | 3.0 | +0.0 |" in comm_split_table(rows)
     assert comm_split_table([{**r, "arrival_wait_ms": None, "transfer_ms": None} for r in rows]) == ""
+
+
+def test_figures_keep_every_bar_and_label_ticks_on_a_narrow_log_axis(tmp_path, monkeypatch):
+    """Issue 19 item 8, with hand-made rows. A negative `other` (medians do not add) must not let the stack
+    above it run off the breakdown's axis: the axis reaches past compute + exposed + wait = 914. Throughput
+    from 600 to 2,400 tokens/s (under one decade): at least three labelled ticks on the log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gptdist.studies.plotting import plot_report
+
+    def r(world, layout, step_ms, parts, tokens_per_s):
+        return {"mode": "strong", "backend": "fsdp", "world": world, "layout": layout, "efficiency": 1.0,
+                "parts": parts, "ideal_ms": 860.0 / world, "tokens_per_s": tokens_per_s}
+
+    rows = [r(1, "1", 860.0, {"compute": 850.0, "exposed": 0.0, "wait": 0.0, "data": 0.0, "other": 10.0}, 600.0),
+            r(4, "2x2", 911.0, {"compute": 492.0, "exposed": 370.0, "wait": 52.0, "data": 0.0, "other": -3.0}, 2400.0)]
+    seen = {}
+    original = plt.Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):  # look at each figure as it is saved
+        seen[path.name] = (fig.axes[0].get_ylim(), [t.get_text() for t in fig.axes[0].get_yticklabels()])
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    plot_report(rows, tmp_path)
+    assert seen["breakdown_strong.png"][0][1] > 914.0
+    labels = [t for t in seen["throughput_strong.png"][1] if t]
+    assert len(labels) >= 3, labels
