@@ -140,6 +140,7 @@ def _ms_or_dash(x) -> str:
 
 def main(argv: list[str]) -> None:
     from gptdist.studies import scaling, simulator
+    from gptdist.provenance import provenance
     from gptdist.errors import ConfigError
 
     p = make_parser(__doc__, first_paragraph_only=False)
@@ -212,7 +213,8 @@ def main(argv: list[str]) -> None:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / "predicted.json").write_text(json.dumps(
-                {"command": "python launch/simulate.py " + " ".join(argv),
+                {"provenance": provenance(command="python launch/simulate.py " + " ".join(argv)),
+                 "command": "python launch/simulate.py " + " ".join(argv),
                  "timelines": {b: _timeline_for(timelines, b).to_json() for b in backends}, "rows": rows}, indent=2, default=str) + "\n")
             scaling.plot_report(rows, out, predicted=True, title_note=args.title)
             print(f"wrote {out}/predicted.json and plots")
@@ -270,7 +272,8 @@ def main(argv: list[str]) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(
-            {"command": "python launch/simulate.py " + " ".join(argv), "rows": out_rows}, indent=2) + "\n")
+            {"provenance": provenance(command="python launch/simulate.py " + " ".join(argv)),
+             "command": "python launch/simulate.py " + " ".join(argv), "rows": out_rows}, indent=2) + "\n")
         (out / "validation.md").write_text("\n".join(lines) + "\n")
         plots = scaling.plot_predicted_vs_measured(out_rows, out)
         print(f"wrote {out}/validation.json, validation.md, " + ", ".join(p.name for p in plots))

@@ -348,7 +348,9 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
             "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"),
             "--study", str(tmp_path / "study.json"), "--out", str(out)])
-    rows = {(r["mode"], r["backend"], r["world"]): r for r in json.loads((out / "validation.json").read_text())["rows"]}
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["provenance"]["command"].startswith("python launch/simulate.py validate")
+    rows = {(r["mode"], r["backend"], r["world"]): r for r in validation["rows"]}
     assert set(rows) == set(measured)
     comm = comm_from_fit(tmp_path / "fit.json")
     for (mode, backend, n), r in rows.items():
@@ -411,6 +413,7 @@ def test_cli_predict_writes_rows_and_predicted_plots(tmp_path):
             "--world-sizes", "1,2,4,8", "--out", str(out)])
     data = json.loads((out / "predicted.json").read_text())
     assert [r["world"] for r in data["rows"]] == [1, 2, 4, 8] and set(data["timelines"]) == {"manual"}
+    assert data["provenance"]["command"].startswith("python launch/simulate.py predict") and data["provenance"]["torch"]
     comm = comm_from_profile("h100-nvlink-8")
     assert data["rows"][-1]["step_ms"] == pytest.approx(simulate(two_buckets(), comm, 8, "manual").step_ms)
     for name in ("efficiency", "breakdown", "throughput"):
