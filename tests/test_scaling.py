@@ -255,3 +255,16 @@ def test_figures_keep_every_bar_and_label_ticks_on_a_narrow_log_axis(tmp_path, m
     assert seen["breakdown_strong.png"][0][1] > 914.0
     labels = [t for t in seen["throughput_strong.png"][1] if t]
     assert len(labels) >= 3, labels
+
+
+def test_replot_draws_from_raw_json_and_names_what_it_skips(tmp_path):
+    from gptdist.studies.plotting import replot_results
+
+    rows = [{"mode": "weak", "backend": "manual", "world": n, "layout": str(n), "efficiency": 1.0, "ideal_ms": 10.0,
+             "parts": {"compute": 10.0, "exposed": 0.0, "wait": 0.0, "data": 0.0, "other": 0.0},
+             "tokens_per_s": 100.0 * n} for n in (1, 2)]
+    (tmp_path / "predicted.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "validation.json").write_text(json.dumps({"rows": [{"mode": "weak", "backend": "manual", "world": 1}]}))
+    paths, skipped = replot_results(tmp_path, " (note)")
+    assert sorted(p.name for p in paths) == ["breakdown_weak.png", "efficiency_weak.png", "throughput_weak.png"]
+    assert len(skipped) == 1 and "before layouts" in skipped[0]
