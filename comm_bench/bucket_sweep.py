@@ -195,7 +195,10 @@ def run(args: SweepArgs) -> int:
             "nproc": args.nproc, "preset": args.preset, "steps": args.steps, "warmup_steps": args.warmup_steps,
             "extra_overrides": args.extra_overrides, "torch_version": torch.__version__, "platform": platform.platform(),
             "argv": sys.argv}
-    (args.out / "bucket_sweep.json").write_text(json.dumps({"metadata": meta, "results": rows}, indent=2) + "\n")
+    from gptdist.provenance import provenance
+
+    (args.out / "bucket_sweep.json").write_text(json.dumps({"provenance": provenance(), "metadata": meta, "results": rows},
+                                                           indent=2) + "\n")
     with open(args.out / "bucket_sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["bucket_cap_mb", "median_step_ms", "p10_step_ms", "p90_step_ms", "n_steps"], extrasaction="ignore")
         writer.writeheader()

@@ -82,6 +82,8 @@ def main(argv=None) -> int:
         if args.json:
             import torch
 
+            from gptdist.provenance import provenance
+
             record = {
                 "results": results,
                 "model": {"checkpoint": args.checkpoint, "hf": args.hf, "random_init": args.random_init},
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
                 "torch": torch.__version__,
                 "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                 "date": datetime.date.today().isoformat(),
+                "provenance": provenance(ctx.device),
             }
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

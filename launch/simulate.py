@@ -134,8 +134,13 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     return rows, preds
 
 
+def _ms_or_dash(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def main(argv: list[str]) -> None:
     from gptdist.studies import scaling, simulator
+    from gptdist.provenance import provenance
     from gptdist.errors import ConfigError
 
     p = make_parser(__doc__, first_paragraph_only=False)
@@ -208,7 +213,8 @@ def main(argv: list[str]) -> None:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / "predicted.json").write_text(json.dumps(
-                {"command": "python launch/simulate.py " + " ".join(argv),
+                {"provenance": provenance(command="python launch/simulate.py " + " ".join(argv)),
+                 "command": "python launch/simulate.py " + " ".join(argv),
                  "timelines": {b: _timeline_for(timelines, b).to_json() for b in backends}, "rows": rows}, indent=2, default=str) + "\n")
             scaling.plot_report(rows, out, predicted=True, title_note=args.title)
             print(f"wrote {out}/predicted.json and plots")
@@ -243,23 +249,31 @@ def main(argv: list[str]) -> None:
                                  "cpu_overlap": p_row["cpu_overlap"], "timeline": p_row["timeline"],
                                  "measured_slowest_rank_ms": m_row.get("slowest_step_ms"),
                                  "error_vs_slowest_rank": (p_row["step_ms"] / m_row["slowest_step_ms"] - 1
-                                                           if m_row.get("slowest_step_ms") else None)})
+                                                           if m_row.get("slowest_step_ms") else None),
+                                 # the model's collectives are transfers (no arrival skew): compare them with the
+                                 # measured transfer part, not with comm time that includes waiting for a late rank
+                                 "measured_transfer_ms": m_row.get("transfer_ms"),
+                                 "predicted_transfer_ms": p_row["comm_ms"],
+                                 "transfer_error": (p_row["comm_ms"] / m_row["transfer_ms"] - 1
+                                                    if m_row.get("transfer_ms") else None)})
     head = ("| mode | backend | N | measured step ms (p25–p75) | predicted ms | error | slowest rank ms (error) "
-            "| compute meas/pred | exposed+wait meas/pred |")
-    lines = [head, "|" + "---|" * 9]
+            "| compute meas/pred | exposed+wait meas/pred | transfer meas/pred |")
+    lines = [head, "|" + "---|" * 10]
     for r in out_rows:
         slowest = (f"{r['measured_slowest_rank_ms']:.1f} ({100 * r['error_vs_slowest_rank']:+.1f}%)"
                    if r["measured_slowest_rank_ms"] else "-")
         lines.append(f"| {r['mode']} | {r['backend']} | {r['layout']} | {r['measured_ms']:.1f} ({r['measured_p25']:.1f}–"
                      f"{r['measured_p75']:.1f}) | {r['predicted_ms']:.1f} | {100 * r['error']:+.1f}% | {slowest} | "
                      f"{r['measured_compute_ms']:.1f} / {r['predicted_compute_ms']:.1f} | "
-                     f"{r['measured_exposed_ms']:.1f} / {r['predicted_exposed_ms']:.1f} |")
+                     f"{r['measured_exposed_ms']:.1f} / {r['predicted_exposed_ms']:.1f} | "
+                     f"{_ms_or_dash(r['measured_transfer_ms'])} / {r['predicted_transfer_ms']:.1f} |")
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(
-            {"command": "python launch/simulate.py " + " ".join(argv), "rows": out_rows}, indent=2) + "\n")
+            {"provenance": provenance(command="python launch/simulate.py " + " ".join(argv)),
+             "command": "python launch/simulate.py " + " ".join(argv), "rows": out_rows}, indent=2) + "\n")
         (out / "validation.md").write_text("\n".join(lines) + "\n")
         plots = scaling.plot_predicted_vs_measured(out_rows, out)
         print(f"wrote {out}/validation.json, validation.md, " + ", ".join(p.name for p in plots))

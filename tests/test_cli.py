@@ -25,6 +25,7 @@ BAD_INPUT = [
     (["launch/analyze_trace.py", "nope.json"], "error: "),
     (["launch/sample.py", "--checkpoint", "nope"], "error: "),
     (["launch/prepare_data.py", "--source", "nope.txt", "--out", "OUT"], "error: "),
+    (["launch/replot.py", "OUT"], "error: "),
 ]
 
 
@@ -42,7 +43,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 HELP = [["launch/train.py"], ["launch/scaling.py"], ["launch/ladder.py"], ["launch/bench_throughput.py"],
         ["launch/evaluate.py"], ["launch/sample.py"], ["launch/analyze_trace.py"], ["launch/prepare_data.py"],
         ["launch/bench_instrumentation.py"], ["launch/simulate.py", "extract"], ["launch/simulate.py", "model"],
-        ["launch/simulate.py", "predict"], ["launch/simulate.py", "validate"]]
+        ["launch/simulate.py", "predict"], ["launch/simulate.py", "validate"], ["launch/replot.py"]]
 
 
 @pytest.mark.parametrize("launcher", [h for h in HELP if h != ["launch/train.py"]], ids=lambda h: " ".join(h))

@@ -239,7 +239,9 @@ def test_bucket_sweep_runs_each_cap_and_takes_median(tmp_path):
     out = tmp_path / "sweep"
     python(["comm_bench/bucket_sweep.py", "--nproc", "1", "--caps", "5,1", "--steps", "6", "--warmup-steps", "2",
             "--train-script", str(script), "--out", str(out)], timeout=120)
-    rows = json.loads((out / "bucket_sweep.json").read_text())["results"]
+    sweep = json.loads((out / "bucket_sweep.json").read_text())
+    rows = sweep["results"]
+    assert "bucket_sweep.py" in sweep["provenance"]["command"] and sweep["provenance"]["torch"]
     assert [r["bucket_cap_mb"] for r in rows] == [1.0, 5.0]
     assert [r["median_step_ms"] for r in rows] == [11.5, 15.5]  # warm-up steps (1000 ms) left out
     assert all(r["n_steps"] == 4 for r in rows)

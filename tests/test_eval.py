@@ -326,6 +326,7 @@ def test_launch_scripts_run_and_fail_cleanly(tmp_path):
                    "--device", "cpu", "--no-progress", "--json", str(out)])
     record = json.loads(out.read_text())
     assert record["results"]["lambada"]["n"] == 3 and record["world_size"] == 1
+    assert "launch/evaluate.py" in record["provenance"]["command"] and record["provenance"]["hardware"]
     assert "lambada: acc" in proc.stdout
     proc = python(["launch/sample.py", "--random-init", "gpt2-tiny", "--prompt", "Hello", "--num-samples", "2",
                    "--max-new-tokens", "4", "--device", "cpu"])

@@ -171,7 +171,9 @@ def test_from_pretrained_offline_fails_fast(tmp_path, monkeypatch):
     start = time.monotonic()
     with pytest.raises(GptdistError, match=r"gpt2 is not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
         from_pretrained("gpt2")
-    assert time.monotonic() - start < 10
+    # fails at once rather than through the hub's network retries (each a 10 s timeout); generous for a busy
+    # machine (transformers is already imported above, so the bound holds only the cache lookup)
+    assert time.monotonic() - start < 30
 
 
 def test_from_pretrained_probes_the_hub_when_offline_is_not_set(tmp_path):

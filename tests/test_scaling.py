@@ -179,3 +179,92 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: the world sizes must include 1 (the baseline every efficiency is relative to)"]
     assert not (tmp_path / "r").exists()
+
+
+def write_run(run_dir, steps_by_rank, split_rows=None):
+    """A hand-made run folder: ranks/rank{r}/steps.jsonl and, if given, collectives_split.jsonl."""
+    for rank, rows in steps_by_rank.items():
+        (run_dir / "ranks" / f"rank{rank}").mkdir(parents=True)
+        (run_dir / "ranks" / f"rank{rank}" / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if split_rows is not None:
+        (run_dir / "collectives_split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
+    return run_dir
+
+
+def collective(step, wait, transfer, label="bucket=0"):
+    return {"step": step, "op": "all_reduce", "label": label, "last_rank": max(wait, key=wait.get),
+            "wait_ms": wait, "transfer_ms": transfer}
+
+
+def test_measured_wait_and_transfer_are_carried_into_the_study_rows(tmp_path):
+    """collectives_split.jsonl -> per step, sum over collectives, mean over ranks, median over steps.
+    2 ranks, warm-up step 1 (huge, left out):
+      step 2: bucket (rank 0 waits 4, both transfer 2) + loss (no wait, transfer 1): wait mean 2, transfer 3
+      step 3: rank 1 waits 6, transfer 1:                                              wait mean 3, transfer 1
+      step 4: rank 0 waits 8, transfer 5:                                              wait mean 4, transfer 5
+    medians: wait 3, transfer 3. The 1-rank run: never waits, transfers 2 ms a step."""
+    from gptdist.studies.scaling import collect_run, comm_split_table
+    from gptdist.studies.scaling.analysis import measured_comm_split
+
+    two = [collective(1, {"0": 100.0, "1": 0.0}, {"0": 50.0, "1": 50.0}),
+           collective(2, {"0": 4.0, "1": 0.0}, {"0": 2.0, "1": 2.0}),
+           collective(2, {"0": 0.0, "1": 0.0}, {"0": 1.0, "1": 1.0}, label="loss"),
+           collective(3, {"0": 0.0, "1": 6.0}, {"0": 1.0, "1": 1.0}),
+           collective(4, {"0": 8.0, "1": 0.0}, {"0": 5.0, "1": 5.0})]
+    one = [collective(s, {"0": 0.0}, {"0": 2.0}) for s in (1, 2, 3, 4)]
+    steps = [row(s, 50.0, 40.0, 5.0) for s in (1, 2, 3, 4)]
+    run2 = write_run(tmp_path / "m2", {0: steps, 1: steps}, two)
+    run1 = write_run(tmp_path / "m1", {0: steps}, one)
+    assert measured_comm_split(run2, warmup=1) == {"wait_ms": 3.0, "transfer_ms": 3.0}
+    assert measured_comm_split(write_run(tmp_path / "old", {0: steps}), warmup=1) is None  # a run from before the split
+
+    specs = {s.world: s for s in plan_runs(["manual"], parse_world_sizes("1,2"), ["strong"], 1, 16)}
+    results = [collect_run(run1, specs[1], warmup=1), collect_run(run2, specs[2], warmup=1)]
+    rows = analyse(results, ["strong"])
+    assert [(r["world"], r["arrival_wait_ms"], r["transfer_ms"]) for r in rows] == [(1, 0.0, 2.0), (2, 3.0, 3.0)]
+    assert "| strong | manual | 2 | 5.0 | 3.0 | 3.0 | +0.0 |" in comm_split_table(rows)
+    assert comm_split_table([{**r, "arrival_wait_ms": None, "transfer_ms": None} for r in rows]) == ""
+
+
+def test_figures_keep_every_bar_and_label_ticks_on_a_narrow_log_axis(tmp_path, monkeypatch):
+    """Issue 19 item 8, with hand-made rows. A negative `other` (medians do not add) must not let the stack
+    above it run off the breakdown's axis: the axis reaches past compute + exposed + wait = 914. Throughput
+    from 600 to 2,400 tokens/s (under one decade): at least three labelled ticks on the log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gptdist.studies.plotting import plot_report
+
+    def r(world, layout, step_ms, parts, tokens_per_s):
+        return {"mode": "strong", "backend": "fsdp", "world": world, "layout": layout, "efficiency": 1.0,
+                "parts": parts, "ideal_ms": 860.0 / world, "tokens_per_s": tokens_per_s}
+
+    rows = [r(1, "1", 860.0, {"compute": 850.0, "exposed": 0.0, "wait": 0.0, "data": 0.0, "other": 10.0}, 600.0),
+            r(4, "2x2", 911.0, {"compute": 492.0, "exposed": 370.0, "wait": 52.0, "data": 0.0, "other": -3.0}, 2400.0)]
+    seen = {}
+    original = plt.Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):  # look at each figure as it is saved
+        seen[path.name] = (fig.axes[0].get_ylim(), [t.get_text() for t in fig.axes[0].get_yticklabels()])
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    plot_report(rows, tmp_path)
+    assert seen["breakdown_strong.png"][0][1] > 914.0
+    labels = [t for t in seen["throughput_strong.png"][1] if t]
+    assert len(labels) >= 3, labels
+
+
+def test_replot_draws_from_raw_json_and_names_what_it_skips(tmp_path):
+    from gptdist.studies.plotting import replot_results
+
+    rows = [{"mode": "weak", "backend": "manual", "world": n, "layout": str(n), "efficiency": 1.0, "ideal_ms": 10.0,
+             "parts": {"compute": 10.0, "exposed": 0.0, "wait": 0.0, "data": 0.0, "other": 0.0},
+             "tokens_per_s": 100.0 * n} for n in (1, 2)]
+    (tmp_path / "predicted.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "validation.json").write_text(json.dumps({"rows": [{"mode": "weak", "backend": "manual", "world": 1}]}))
+    paths, skipped = replot_results(tmp_path, " (note)")
+    assert sorted(p.name for p in paths) == ["breakdown_weak.png", "efficiency_weak.png", "throughput_weak.png"]
+    assert len(skipped) == 1 and "before layouts" in skipped[0]

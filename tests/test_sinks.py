@@ -1,7 +1,6 @@
 """Metric sinks: JSONL always; TensorBoard and W&B (offline, no network) when switched on."""
 
 import json
-import time
 
 from gptdist.instrument.sinks import MetricsLogger
 
@@ -9,13 +8,11 @@ from gptdist.instrument.sinks import MetricsLogger
 def test_jsonl_tensorboard_and_wandb_receive_the_same_values(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the sink must choose offline by itself
-    t0 = time.perf_counter()
     logger = MetricsLogger(tmp_path, enabled=True, tensorboard=True, wandb=True, run_name="t", config={"a": 1})
     for step in (1, 2, 3):
         logger.log("train", step, {"loss": 10.0 / step, "mfu": None})
     logger.log("val", 3, {"loss": 2.5})
     logger.close()
-    assert time.perf_counter() - t0 < 60  # offline W&B never waits on the network
 
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"], r["loss"]) for r in rows] == [
@@ -30,6 +27,8 @@ def test_jsonl_tensorboard_and_wandb_receive_the_same_values(tmp_path, monkeypat
     assert [e.value for e in events.Scalars("val/loss")] == [2.5]
     assert "train/mfu" not in events.Tags()["scalars"]  # None values are skipped, not logged as 0
 
+    # Offline W&B never waits on the network: proven by the run it wrote being an offline one (event-based,
+    # not a wall-clock bound, which a busy machine breaks).
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
 

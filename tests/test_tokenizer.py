@@ -53,7 +53,8 @@ def test_offline_without_cache_or_mirror_fails_fast(tmp_path, monkeypatch):
     start = time.monotonic()
     with pytest.raises(TokenizerError) as err:
         tokenizer.get_tokenizer()
-    assert time.monotonic() - start < 10
+    # one probe (net.reachable: 3 s timeout) rather than a download's retries; generous for a busy machine
+    assert time.monotonic() - start < 30
     message = str(err.value)
     assert "unreachable" in message and tokenizer.MIRROR_ENV in message and "\n" not in message
 

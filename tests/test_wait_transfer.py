@@ -20,12 +20,14 @@ def test_split_by_hand():
 
 
 def test_a_late_rank_shows_as_the_others_wait(tmp_path):
-    """Rank 1 sleeps 1 s before each loss all-reduce: rank 0's collective time is waiting (>= 0.8 s of the
-    1 s: the clocks are aligned at the start-up barrier), rank 1, the last to arrive, waits 0."""
+    """Rank 1 sleeps 1 s before each loss all-reduce: rank 0's collective time is mostly waiting (at least
+    half the 1 s: the clocks are aligned at the start-up barrier, whose exit skew on a busy machine can
+    reach a few hundred ms), rank 1, the last to arrive, waits 0."""
     torchrun(["tests/dist_scripts/wait_split.py", "--out", str(tmp_path), "--sleep", "1.0"], nproc=2, timeout=300)
     summary = json.loads((tmp_path / "summary.json").read_text())
     per_rank = summary["per_rank"]
-    assert per_rank["0"]["wait_ms"]["median"] >= 800
+    assert per_rank["0"]["wait_ms"]["median"] >= 500
+    assert per_rank["0"]["wait_ms"]["median"] > per_rank["0"]["transfer_ms"]["median"]  # the sleep is wait, not transfer
     assert per_rank["1"]["wait_ms"]["median"] == 0
     assert "barrier" in summary["clock_sync"]
     rows = [json.loads(x) for x in (tmp_path / "collectives_split.jsonl").read_text().splitlines()]

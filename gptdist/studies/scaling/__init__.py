@@ -51,6 +51,6 @@ from gptdist.studies.scaling.analysis import (  # noqa: F401
     PARTS, PART_TITLES, Stat, RunResult, per_step_values, summarize_steps, read_rank_rows, collect_run, efficiency, attribute_gap, analyse,
 )
 from gptdist.studies.scaling.report import (  # noqa: F401
-    markdown_table, answer_in_words, write_report,
+    markdown_table, answer_in_words, write_report, comm_split_table,
 )
 from gptdist.studies.plotting import plot_predicted_vs_measured, plot_report  # noqa: F401

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from gptdist.errors import ConfigError
+from gptdist.instrument.arrival import per_step_totals
 from gptdist.instrument.summary import percentile
 from gptdist.run_reader import read_rank_rows, with_step_periods
 from gptdist.studies.scaling.plan import RunSpec
@@ -48,6 +50,7 @@ class RunResult:
     tokens_per_s: float
     modes: tuple[str, ...] = ()
     slowest_step_ms: float = 0.0  # median over steps of the max over ranks of step_ms (module docstring)
+    comm_split: Optional[dict[str, float]] = None  # measured arrival wait / transfer (`measured_comm_split`)
 
 
 def per_step_values(rows_by_rank: dict[int, list[dict]], warmup: int) -> list[dict[str, float]]:
@@ -92,12 +95,30 @@ def summarize_steps(values: list[dict[str, float]]) -> tuple[Stat, dict[str, flo
             percentile([v["slowest"] for v in values], 50))
 
 
+def measured_comm_split(run_dir: Path, warmup: int) -> Optional[dict[str, float]]:
+    """{"wait_ms", "transfer_ms"}: medians over steps (warm-up left out) of the mean over ranks of the step's
+    collective time split into waiting for the last rank to arrive and the transfer after it, summed over the
+    step's collectives (collectives_split.jsonl, gptdist/instrument/arrival.py). None without that file."""
+    path = Path(run_dir) / "collectives_split.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    totals = per_step_totals(rows)  # rank -> step -> (wait, transfer)
+    steps = sorted({s for by_step in totals.values() for s in by_step if s > warmup})
+    per_step = [[by_step[s] for by_step in totals.values() if s in by_step] for s in steps]
+    if not per_step:
+        return None
+    return {key: percentile([statistics.fmean(x[i] for x in ranks) for ranks in per_step], 50)
+            for i, key in enumerate(("wait_ms", "transfer_ms"))}
+
+
 def collect_run(run_dir: Path, spec: RunSpec, warmup: int) -> RunResult:
     values = per_step_values(read_rank_rows(run_dir), warmup)
     step, parts, comm, overlap, mem, slowest = summarize_steps(values)
     tokens = spec.global_batch_tokens
     return RunResult(spec.name, spec.backend, spec.world, spec.layout.name, spec.batch_size, tokens, len(values),
-                     step, parts, comm, overlap, mem, tokens / (step.median / 1e3), spec.modes, slowest)
+                     step, parts, comm, overlap, mem, tokens / (step.median / 1e3), spec.modes, slowest,
+                     measured_comm_split(run_dir, warmup))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,5 +159,8 @@ def analyse(results: list[RunResult], modes: Sequence[str]) -> list[dict[str, An
                              "slowest_step_ms": r.slowest_step_ms, **e,
                              "gap_ms": r.step.median - e["ideal_ms"], "gap": gap, "parts": r.parts,
                              "comm_ms": r.comm_ms, "overlap": r.overlap, "tokens_per_s": r.tokens_per_s,
-                             "mem_peak_mb": r.mem_peak_mb, "batch_size": r.batch_size})
+                             "mem_peak_mb": r.mem_peak_mb, "batch_size": r.batch_size,
+                             # measured, not a part of the gap (a wait hidden behind compute costs nothing)
+                             "arrival_wait_ms": (r.comm_split or {}).get("wait_ms"),
+                             "transfer_ms": (r.comm_split or {}).get("transfer_ms")})
     return rows

@@ -38,6 +38,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comm_split_table(rows: list[dict[str, Any]]) -> str:
+    """The measured split of collective time (arrival wait vs transfer) beside the inferred straggler-wait
+    part; empty when no run has a collectives_split.jsonl."""
+    measured = [r for r in rows if r.get("transfer_ms") is not None]
+    if not measured:
+        return ""
+    head = "| mode | backend | N | comm ms | arrival wait ms | transfer ms | straggler wait (gap part) |"
+    lines = [head, "|" + "---|" * 7]
+    lines += [f"| {r['mode']} | {r['backend']} | {r['layout']} | {r['comm_ms']:.1f} | {r['arrival_wait_ms']:.1f} "
+              f"| {r['transfer_ms']:.1f} | {r['gap']['wait']:+.1f} |" for r in measured]
+    return "\n".join(lines)
+
+
 def answer_in_words(rows: list[dict[str, Any]]) -> str:
     """One sentence per (mode, backend, N > 1): how far from ideal, and the largest cause."""
     out = []
@@ -72,6 +85,13 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], results: list[RunRes
            "Step = the step period (time between two steps' ends, mean over ranks; what tokens/s sees); slowest rank = "
            "median of the longest rank's own step (start to end), larger when the ranks' step boundaries drift apart. "
            "Gap = step − ideal (strong: T1/N, weak: T1); its parts (extra compute, exposed comm, straggler wait, data, "
-           "other) add up to it. Definitions: docs/scaling.md.", "", "## The answer", "", answer_in_words(rows), "",
+           "other) add up to it. Definitions: docs/scaling.md.", ""]
+    split = comm_split_table(rows)
+    if split:
+        md += ["## Collective time: arrival wait vs transfer (measured)", "", split, "",
+               "Per step, summed over the step's collectives, mean over ranks (collectives_split.jsonl): arrival wait = "
+               "time a rank sat in a collective before the last rank issued it; transfer = the rest. The wait counts "
+               "whether or not compute ran meanwhile, so it is not a part of the gap; see docs/scaling.md.", ""]
+    md += ["## The answer", "", answer_in_words(rows), "",
            "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + ["", "Raw: `results.json`.", ""]
     (out_dir / "report.md").write_text("\n".join(md))
