@@ -127,6 +127,10 @@ class ParallelSection:
     reshard_after_forward: bool = True  # True = ZeRO-3 (free gathered params after forward); False = ZeRO-2
     param_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # zero backend (also reads bucket_cap_mb, first_bucket_mb, overlap)
+    zero_stage: int = 2  # 1: shard optimizer state; 2: also shard gradients
+    zero_overlap_param_gather: bool = True  # the parameter all-gather overlaps the next forward
+    zero_reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # gradient communication dtype; bf16 needs NCCL
 
 
 @dataclass
@@ -158,7 +162,7 @@ class ProfileSection:
 
 @dataclass
 class Config:
-    backend: Literal["none", "manual", "ddp", "fsdp"] = "none"
+    backend: Literal["none", "manual", "ddp", "fsdp", "zero"] = "none"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -381,16 +385,25 @@ def validate(cfg: Config) -> None:
     # Options that only one backend reads: refuse them elsewhere rather than silently ignoring them.
     defaults = ParallelSection()
     owners = {
-        "manual": ("bucket_cap_mb", "first_bucket_mb", "overlap"),
-        "ddp": ("ddp_bucket_cap_mb", "gradient_as_bucket_view"),
-        "fsdp": ("reshard_after_forward", "param_dtype", "reduce_dtype"),
+        ("manual", "zero"): ("bucket_cap_mb", "first_bucket_mb", "overlap"),
+        ("ddp",): ("ddp_bucket_cap_mb", "gradient_as_bucket_view"),
+        ("fsdp",): ("reshard_after_forward", "param_dtype", "reduce_dtype"),
+        ("zero",): ("zero_stage", "zero_overlap_param_gather", "zero_reduce_dtype"),
     }
-    for backend, names in owners.items():
-        if cfg.backend == backend:
+    for backends, names in owners.items():
+        if cfg.backend in backends:
             continue
         for name in names:
             if getattr(cfg.parallel, name) != getattr(defaults, name):
-                raise ConfigError(f"parallel.{name} is a {backend} option but backend is {cfg.backend!r}")
+                raise ConfigError(f"parallel.{name} is a {' and '.join(backends)} option but backend is {cfg.backend!r}")
+    if cfg.backend == "zero":
+        import torch
+
+        from gptdist.parallel import zero_options
+
+        zero_options(cfg.parallel)  # raises on an unknown stage
+        if cfg.parallel.zero_reduce_dtype == "bf16" and (cfg.train.device == "cpu" or not torch.cuda.is_available()):
+            raise ConfigError("parallel.zero_reduce_dtype=bf16 needs NCCL (CUDA): gloo on the CPU cannot reduce bf16")
 
 
 def resolve_model(cfg: Config):

@@ -8,7 +8,7 @@ backend only through `gptdist.parallel.base.Backend`; it has no `if backend == .
 
 One optimizer step, on each rank:
     for each micro-step:  set_grad_sync(last?) -> forward (autocast) -> backward(loss / grad_accum)
-    finish_grad_sync -> clip (global norm) -> lr schedule -> optimizer.step -> zero_grad
+    finish_grad_sync -> clip (global norm) -> lr schedule -> backend.optimizer_step -> zero_grad
 
 Measurement (gptdist/instrument/instrumentation.py): each of these is a named phase; the backend
 reports its collectives to `self.instr.recorder`; after the step the breakdown (compute, comm,
@@ -42,7 +42,7 @@ from gptdist.evaluate import sample_text, validation_loss
 from gptdist.instrument.instrumentation import Instrumentation
 from gptdist.instrument.sinks import MetricsLogger
 from gptdist.model import GPT
-from gptdist.optim import build_optimizer, lr_at, set_lr
+from gptdist.optim import lr_at, set_lr
 from gptdist.parallel import parallelize
 from gptdist.run_dir import prepare_run_dir, setup_logging
 from gptdist.tokenizer import GPT2_VOCAB_SIZE
@@ -111,7 +111,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model = GPT(self.model_config).to(self.device)
         self.backend = parallelize(model, cfg, ctx, self.instr.recorder)
-        self.optimizer = build_optimizer(self.backend.module, cfg.train, self.device)
+        self.optimizer = self.backend.build_optimizer(cfg.train, self.device)
         self.step = 0  # optimizer steps done
         if self.resume_from is not None:
             self._resume(self.resume_from)
@@ -145,7 +145,8 @@ class Trainer:
         return ckpt.resolve(resume)
 
     def _resume(self, path: Path) -> None:
-        meta, rank_state = ckpt.load(path, self.backend.module, self.optimizer, self.model_config, self.ctx)
+        with self.backend.checkpoint_optimizer(self.optimizer) as optimizer:
+            meta, rank_state = ckpt.load(path, self.backend.module, optimizer, self.model_config, self.ctx)
         self.backend.zero_grad()  # loading may have replaced gradient tensors; let the backend re-arm
         self.step = int(meta["step"])
         if rank_state is not None:
@@ -161,10 +162,11 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         rank_state = {"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state()}
         meta = {"backend": self.cfg.backend, "model": ckpt.model_meta(self.model_config), "config": self.cfg.to_dict()}
-        path = ckpt.save(
-            self.run_dir / "checkpoints", self.step, self.backend.module, self.optimizer, rank_state, meta,
-            self.ctx, self.cfg.checkpoint.format, self.cfg.checkpoint.keep_last,
-        )
+        with self.backend.checkpoint_optimizer(self.optimizer) as optimizer:
+            path = ckpt.save(
+                self.run_dir / "checkpoints", self.step, self.backend.module, optimizer, rank_state, meta,
+                self.ctx, self.cfg.checkpoint.format, self.cfg.checkpoint.keep_last,
+            )
         self.log.info(f"saved checkpoint {path}")
         return path
 
@@ -228,7 +230,7 @@ class Trainer:
             self._phase = "optimizer"
             with instr.phase("optimizer"):
                 set_lr(self.optimizer, lr)
-                self.optimizer.step()
+                backend.optimizer_step(self.optimizer)
         with instr.phase("zero_grad"):
             backend.zero_grad()
         _sync(self.device)

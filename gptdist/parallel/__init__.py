@@ -20,10 +20,11 @@ BACKENDS = {
     "manual": "gptdist.parallel.manual:ManualBackend",
     "ddp": "gptdist.parallel.ddp:DDPBackend",
     "fsdp": "gptdist.parallel.fsdp:FSDPBackend",
+    "zero": "gptdist.parallel.zero:ZeroBackend",
 }
 
 # Backends that need a process group even on one process.
-NEEDS_GROUP = {"manual", "ddp", "fsdp"}
+NEEDS_GROUP = {"manual", "ddp", "fsdp", "zero"}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -31,6 +32,18 @@ def backend_class(name: str) -> type[Backend]:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     module_name, cls_name = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module_name), cls_name)
+
+
+def zero_options(parallel):
+    """The flat `parallel.*` options as the zero backend's Options (the one place they are mapped;
+    becomes the `parallel.zero` config section)."""
+    from gptdist.parallel.zero import ZeroOptions
+
+    return ZeroOptions(
+        stage=parallel.zero_stage, bucket_cap_mb=parallel.bucket_cap_mb, first_bucket_mb=parallel.first_bucket_mb,
+        overlap=parallel.overlap, overlap_param_gather=parallel.zero_overlap_param_gather,
+        reduce_dtype=parallel.zero_reduce_dtype,
+    )
 
 
 def compile_blocks(model: nn.Module) -> None:
@@ -52,6 +65,7 @@ def parallelize(model: nn.Module, cfg: Config, ctx: DistContext, recorder=None) 
         compile_blocks(model)
     if cfg.backend == "none":
         if ctx.world_size > 1:
-            raise ConfigError("backend 'none' runs on one process; use manual, ddp or fsdp under torchrun")
+            raise ConfigError("backend 'none' runs on one process; use manual, ddp, fsdp or zero under torchrun")
         return cls(model, ctx, recorder=recorder)
-    return cls(model, ctx, cfg.parallel, recorder=recorder)
+    options = zero_options(cfg.parallel) if cfg.backend == "zero" else cfg.parallel
+    return cls(model, ctx, options, recorder=recorder)

@@ -47,7 +47,7 @@ from torch.distributed.tensor import DTensor
 
 from gptdist.dist import DistContext
 from gptdist.parallel.base import Backend
-from gptdist.parallel.manual import broadcast_from_rank0
+from gptdist.parallel.broadcast import broadcast_from_rank0
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
