@@ -214,7 +214,7 @@ class CollectiveRecorder:
                 except Exception:
                     rec.failed = True
 
-            rec._future = work.get_future().then(stamp)
+            rec._future = _future_of(work).then(stamp)
         self._pending.append(rec)
         return work
 
@@ -292,6 +292,25 @@ class CollectiveRecorder:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _future_of(work) -> torch.futures.Future:
+    """The Work's future; gloo's reduce-scatter has none ("getFuture not implemented"), so a daemon
+    thread waits for it and completes a future of its own (the stamp then lags by a thread wake-up)."""
+    try:
+        return work.get_future()
+    except RuntimeError:
+        future: torch.futures.Future = torch.futures.Future()
+
+        def wait() -> None:
+            try:
+                work.wait()
+                future.set_result(None)
+            except Exception as e:  # noqa: BLE001 - handed to the stamp callback, which marks the record failed
+                future.set_exception(e)
+
+        threading.Thread(target=wait, daemon=True, name="gptdist-work-watch").start()
+        return future
 
 
 def comm_intervals(records: list[CollectiveRecord]) -> list[Interval]:
