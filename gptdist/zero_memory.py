@@ -245,6 +245,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="also run zero2 and fsdp without reshard through the trainer for this many steps")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out-dir", default="docs/results/zero_memory_cpu")
+    parser.add_argument("--runs-dir", default="runs/zero_memory", help="run folders of the comparison (not committed)")
     parser.add_argument("--out", help=argparse.SUPPRESS)  # worker: this rank-0 JSON
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)  # worker: run folders of the comparison
     args = parser.parse_args(argv)
@@ -259,7 +260,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
                sys.argv[0], "--preset", args.preset, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
                "--steps", str(args.steps), "--compare-steps", str(args.compare_steps), "--device", args.device,
-               "--out", str(out), "--run-dir", str(out_dir / f"runs_world{world}")]
+               "--out", str(out), "--run-dir", str(Path(args.runs_dir) / f"world{world}")]
         print("+ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
         result = json.loads(out.read_text())
