@@ -207,6 +207,9 @@ class ZeroBackend(Backend):
         i = self._bucket_of[p]
         if self.stage == 2:
             self._stage_grad(i, p)
+        elif p.grad is None or p.grad.data_ptr() != self.buckets[i].grad_full[self._offset_of[p]:].data_ptr():
+            raise RuntimeError("zero backend (stage 1): a gradient is no longer a view of its bucket "
+                               "(optimizer.zero_grad() or p.grad = None?); call backend.zero_grad() instead")
         self._pending[i] -= 1
         if self._pending[i] < 0:
             raise RuntimeError("zero backend: a second synced backward before finish_grad_sync()")
