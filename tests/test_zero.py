@@ -23,8 +23,10 @@ SMALL_BUCKETS = {"parallel.bucket_cap_mb": 0.01, "parallel.first_bucket_mb": 0.0
         (2, {"parallel.overlap": False, "parallel.zero_overlap_param_gather": False, "checkpoint.format": "full"}),
         (4, {"parallel.zero_stage": 1, **SMALL_BUCKETS}),
         (4, SMALL_BUCKETS),
+        (2, {"train.compile": True}),  # the gather-wait pre-hooks sit on modules inside compiled blocks
     ],
-    ids=["zero1-2", "zero2-2", "zero2-2-no-overlap-full-ckpt", "zero1-4-small-buckets", "zero2-4-small-buckets"],
+    ids=["zero1-2", "zero2-2", "zero2-2-no-overlap-full-ckpt", "zero1-4-small-buckets", "zero2-4-small-buckets",
+         "zero2-2-compile"],
 )
 def test_zero_losses_and_weights_equal_single_process(data_dir, tmp_path, reference, world, extra):
     got, run_dir = run_backend(data_dir, tmp_path, "zero", world, "run", **extra)
