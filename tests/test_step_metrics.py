@@ -104,7 +104,7 @@ def test_throughput_counts_host_work_between_steps(data_dir, tmp_path, monkeypat
 def test_one_synchronize_per_step(data_dir, tmp_path, monkeypatch):
     """The step ends with a synchronize (the breakdown reads its events then); none at its start."""
     calls = []
-    monkeypatch.setattr("gptdist.trainer._sync", lambda device: calls.append(device))
+    monkeypatch.setattr("gptdist.trainer.synchronize", lambda device: calls.append(device))
     train(tiny(data_dir, tmp_path), init_distributed("cpu"))
     assert len(calls) == 4
 
