@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 import torch.nn as nn
 
-from gptdist.config import TrainSection
+if TYPE_CHECKING:  # config.py builds its `parallel` section from the backends, which import this module
+    from gptdist.config import TrainSection
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:

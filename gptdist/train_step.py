@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from gptdist.config import Config
 from gptdist.dist import DistContext
-from gptdist.optim import build_optimizer, set_lr
+from gptdist.optim import set_lr
 from gptdist.parallel import parallelize
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (B, T) token ids
@@ -58,7 +58,8 @@ class TrainStep:
         self.grad_clip = cfg.train.grad_clip
         self.phase = phase
         self.backend = parallelize(model, cfg, ctx, recorder)
-        self.optimizer = build_optimizer(self.backend.module, cfg.train, ctx.device)
+        # The optimizer belongs to the backend: AdamW over the module by default; zero shards it.
+        self.optimizer = self.backend.build_optimizer(cfg.train, ctx.device)
 
     def forward_backward(self, next_batch: Callable[[], Batch], grad_accum: int = 1,
                          on_micro_step: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, float]:
@@ -99,7 +100,12 @@ class TrainStep:
     def update(self, lr: float) -> None:
         with self.phase("optimizer"):
             set_lr(self.optimizer, lr)
-            self.optimizer.step()
+            self.backend.optimizer_step(self.optimizer)
+
+    def checkpoint_optimizer(self) -> ContextManager[torch.optim.Optimizer]:
+        """The optimizer in the per-parameter form checkpoints hold, for a save or a load (a sharding
+        backend gathers its state on entry and scatters it back on exit)."""
+        return self.backend.checkpoint_optimizer(self.optimizer)
 
     def zero_grad(self) -> None:
         with self.phase("zero_grad"):

@@ -8,7 +8,7 @@ backend only through `gptdist.parallel.base.Backend`; it has no `if backend == .
 
 One optimizer step, on each rank:
     for each micro-step:  set_grad_sync(last?) -> forward (autocast) -> backward(loss / grad_accum)
-    finish_grad_sync -> clip (global norm) -> lr schedule -> optimizer.step -> zero_grad
+    finish_grad_sync -> clip (global norm) -> lr schedule -> backend.optimizer_step -> zero_grad
 
 Measurement (gptdist/instrument/instrumentation.py): each of these is a named phase; the backend
 reports its collectives to `self.instr.recorder`; after the step the breakdown (compute, comm,
@@ -134,7 +134,8 @@ class Trainer:
         return ckpt.resolve(resume)
 
     def _resume(self, path: Path) -> None:
-        meta, rank_state = ckpt.load(path, self.backend.module, self.optimizer, self.model_config, self.ctx)
+        with self.stepper.checkpoint_optimizer() as optimizer:
+            meta, rank_state = ckpt.load(path, self.backend.module, optimizer, self.model_config, self.ctx)
         self.backend.zero_grad()  # loading may have replaced gradient tensors; let the backend re-arm
         self.step = int(meta["step"])
         if rank_state is not None:
@@ -151,10 +152,11 @@ class Trainer:
         self._last_step_end = None  # not a training step: the next step period starts afresh
         rank_state = {"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state()}
         meta = {"backend": self.cfg.backend, "model": ckpt.model_meta(self.model_config), "config": self.cfg.to_dict()}
-        path = ckpt.save(
-            self.run_dir / "checkpoints", self.step, self.backend.module, self.optimizer, rank_state, meta,
-            self.ctx, self.cfg.checkpoint.format, self.cfg.checkpoint.keep_last,
-        )
+        with self.stepper.checkpoint_optimizer() as optimizer:
+            path = ckpt.save(
+                self.run_dir / "checkpoints", self.step, self.backend.module, optimizer, rank_state, meta,
+                self.ctx, self.cfg.checkpoint.format, self.cfg.checkpoint.keep_last,
+            )
         self.log.info(f"saved checkpoint {path}")
         return path
 

@@ -226,3 +226,34 @@ def test_trainer_breakdown_keys_and_switch(data_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert rows and not any("comm/total_ms" in r for r in rows) and "step_ms" in rows[0]
     assert not (tmp_path / "off" / "ranks").exists() and "instrument" not in off
+
+
+def test_work_without_future_is_waited_once_and_ends_after_its_copy():
+    """gloo's reduce-scatter Work has no future and copies its result into the output inside wait(). The
+    recorder's watcher must be the only caller of that wait(): a second call would copy again, possibly
+    after the backend had used (divided) the output. Found by the zero backend's losses drifting."""
+    import torch
+
+    from gptdist.instrument.recorder import CollectiveRecorder
+
+    class LambdaLikeWork:
+        def __init__(self):
+            self.calls, self.output = 0, torch.zeros(2)
+
+        def get_future(self):
+            raise RuntimeError("Work::getFuture not implemented.")
+
+        def wait(self, timeout=None):
+            self.calls += 1
+            self.output.copy_(torch.tensor([4.0, 6.0]))  # the copy-out gloo does in wait()
+            return True
+
+    inner = LambdaLikeWork()
+    recorder = CollectiveRecorder(torch.device("cpu"), 0, 2)
+    work = recorder.track("reduce_scatter", torch.zeros(4), "bucket=0", inner)
+    work.wait()
+    assert inner.output.tolist() == [4.0, 6.0]  # the caller's wait() returned after the copy
+    inner.output.div_(2)  # what the backend does next
+    (rec,) = recorder.collect()  # waits for the watcher's completion callback
+    assert inner.calls == 1 and inner.output.tolist() == [2.0, 3.0]
+    assert rec.op == "reduce_scatter" and rec.end_s is not None and not rec.failed

@@ -67,6 +67,26 @@ def padded_bytes(shapes, world, elt=4):
     return total
 
 
+@pytest.mark.parametrize("variant, reduce_op", [("zero1", "all_reduce"), ("zero2", "reduce_scatter")])
+def test_zero_records_every_reduction_and_all_gather(backend_records, variant, reduce_op):
+    """Per step: nothing on the accumulation micro-step; on the synced one, one gradient collective per
+    bucket in order, each the bucket padded to a multiple of the world size (what the collective moves);
+    one 4-byte norm all-reduce at the clip; one parameter all-gather per bucket, in forward order."""
+    z = backend_records[variant]
+    padded = [math.ceil(n / WORLD) * WORLD * 4 for n in z["bucket_numels"]]
+    K = len(padded)
+    assert K > 5 and sum(z["bucket_numels"]) * 4 == z["param_bytes"]  # every parameter in one bucket, once
+    for step in z["steps"]:
+        assert step["micro"][0] == []
+        recs = step["micro"][1]
+        assert [(r["op"], r["label"], r["bytes"]) for r in recs] == [(reduce_op, f"bucket={i}", padded[i]) for i in range(K)]
+        assert [(r["op"], r["label"], r["bytes"]) for r in step["clip"]] == [("all_reduce", "grad_norm", 4)]
+        gathers = step["optimizer"]
+        assert [(r["op"], r["label"], r["bytes"]) for r in gathers] == [
+            ("all_gather", f"params bucket={i}", padded[i]) for i in reversed(range(K))]
+        assert all(r["duration_ms"] is not None and r["duration_ms"] >= 0 for r in recs + gathers)
+
+
 def test_fsdp_all_gathers_and_reduce_scatters_match_sharded_parameters(backend_records):
     f = backend_records["fsdp"]
     groups = f["group_param_shapes"]

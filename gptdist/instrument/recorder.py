@@ -226,7 +226,9 @@ class CollectiveRecorder:
     def track(self, op: str, tensor: Optional[torch.Tensor], label: str, work, nbytes: Optional[int] = None,
               group_size: Optional[int] = None, group=None):
         """Record an async collective just issued (call it right after the call that returned `work`).
-        group: its process group (None: the default group). Returns `work` unchanged."""
+        group: its process group (None: the default group).
+        Returns `work` (wait on what this returns): unchanged, except a work without a future, which comes
+        back wrapped (`_WatchedWork`)."""
         if work is None:  # a synchronous call slipped through: it already finished
             rec = self._new(op, tensor, label, nbytes, group_size, blocking=True, group=group)
             rec.end_s = rec.issue_s
@@ -246,7 +248,12 @@ class CollectiveRecorder:
                 except Exception:
                     rec.failed = True
 
-            rec._future = work.get_future().then(stamp)
+            try:
+                future = work.get_future()
+            except RuntimeError:  # "getFuture not implemented" (gloo's reduce-scatter)
+                work = _WatchedWork(work)
+                future = work.future
+            rec._future = future.then(stamp)
         self._pending.append(rec)
         return work
 
@@ -342,6 +349,36 @@ class CollectiveRecorder:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class _WatchedWork:
+    """A Work without a future: gloo's reduce-scatter is an all-reduce into a scratch buffer whose chunk is
+    copied into the output inside `wait()` (ProcessGroupGloo's LambdaWork). A daemon thread makes that one
+    `wait()` call as soon as the collective is issued, so the record ends when the data is really in place,
+    and every caller's `wait()` waits for that thread. (Two threads calling the inner wait() would each copy
+    into the output, one possibly after the caller had already used it.)"""
+
+    def __init__(self, work):
+        self.future: torch.futures.Future = torch.futures.Future()
+
+        def wait() -> None:
+            try:
+                work.wait()
+                self.future.set_result(None)
+            except Exception as e:  # noqa: BLE001 - re-raised by wait(); marks the record failed
+                self.future.set_exception(e)
+
+        threading.Thread(target=wait, daemon=True, name="gptdist-work-watch").start()
+
+    def wait(self, timeout=None) -> bool:
+        self.future.wait()
+        return True
+
+    def get_future(self) -> torch.futures.Future:
+        return self.future
+
+    def is_completed(self) -> bool:
+        return self.future.done()
 
 
 def comm_intervals(records: list[CollectiveRecord]) -> list[Interval]:

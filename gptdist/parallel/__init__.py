@@ -19,6 +19,7 @@ from gptdist.parallel.ddp import DDPBackend
 from gptdist.parallel.fsdp import FSDPBackend
 from gptdist.parallel.manual import ManualBackend
 from gptdist.parallel.none import NoneBackend
+from gptdist.parallel.zero import ZeroBackend
 
 if TYPE_CHECKING:  # config.py reads BACKENDS: no import of it at run time
     from gptdist.config import Config
@@ -28,6 +29,7 @@ BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (
     ManualBackend,
     DDPBackend,
     FSDPBackend,
+    ZeroBackend,
 )}
 
 

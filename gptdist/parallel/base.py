@@ -8,8 +8,12 @@ The trainer never asks which backend it has. Per optimizer step it does:
         (loss / grad_accum).backward()
     backend.finish_grad_sync()                               # gradients now averaged over ranks
     grad_norm = backend.clip_grad_norm(max_norm)             # global norm, correct for sharded grads
-    optimizer.step()
+    backend.optimizer_step(optimizer)                        # optimizer = backend.build_optimizer(...)
     backend.zero_grad()
+
+The optimizer belongs to the backend: `build_optimizer` and `optimizer_step` default to AdamW over
+`module` and `optimizer.step()`; a backend that shards the optimizer (zero) overrides them, and its
+`checkpoint_optimizer` hands checkpoints the per-parameter form every other backend saves.
 
 Collectives: a backend reports every collective it issues to `self.recorder`
 (`gptdist.instrument.recorder`): `recorder.track(op, tensor, label, work)` right after an async call,
@@ -23,14 +27,16 @@ How to add a backend: docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
 from gptdist.dist import DistContext
 from gptdist.instrument.recorder import NullRecorder
+from gptdist.optim import build_optimizer as build_adamw
 
 
 @dataclass
@@ -87,6 +93,20 @@ class Backend:
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
+
+    # --- the optimizer -------------------------------------------------------------------------
+    def build_optimizer(self, train, device: torch.device) -> torch.optim.Optimizer:
+        """AdamW with the trainer's parameter groups (train: config.TrainSection)."""
+        return build_adamw(self.module, train, device)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    @contextlib.contextmanager
+    def checkpoint_optimizer(self, optimizer: torch.optim.Optimizer) -> Iterator[torch.optim.Optimizer]:
+        """The optimizer in the per-parameter form checkpoints hold (over `module`'s parameters), for
+        the duration of a save or a load; a sharding backend gathers it on entry and scatters it on exit."""
+        yield optimizer
 
     def close(self) -> None:
         """Remove hooks and free buffers (called once at the end of a run)."""

@@ -28,8 +28,10 @@ import json
 
 import torch
 
+from gptdist.config import TrainSection
 from gptdist.dist import all_reduce_scalar, init_distributed, teardown
 from gptdist.model import GPT, PRESETS
+from gptdist.optim import build_optimizer
 from gptdist.parallel import backend_class
 from gptdist.cli import exit_now
 
@@ -44,6 +46,11 @@ VARIANTS = {
     "ddp-no-bucket-view": ("ddp", dict(gradient_as_bucket_view=False)),
     "fsdp": ("fsdp", {}),
     "fsdp-no-reshard": ("fsdp", dict(reshard_after_forward=False)),
+    # zero: options are ZeroOptions fields. Small buckets: slices cut parameters between ranks.
+    "zero1": ("zero", dict(SMALL, stage=1)),
+    "zero2": ("zero", dict(SMALL, stage=2)),
+    "zero2-no-overlap": ("zero", dict(SMALL, stage=2, overlap=False, overlap_param_gather=False)),
+    "zero2-default-buckets": ("zero", dict(stage=2)),
 }
 
 SEED = 1234
@@ -59,8 +66,36 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
 
 
-def make_optimizer(params):
-    return torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
+# AdamW with the trainer's parameter groups (decay on >=2-D weights only), built by each backend.
+TRAIN = TrainSection(lr=LR, beta1=0.9, beta2=0.95, weight_decay=0.1, fused_adamw="off")
+
+
+def zero_full_grads(backend) -> dict:
+    """The zero backend's averaged gradients as full tensors: all-gather every bucket's gradient shard."""
+    import torch.distributed as dist
+
+    grads = {}
+    for bucket in backend.buckets:
+        full_flat = torch.empty(bucket.padded)
+        dist.all_gather_into_tensor(full_flat, bucket.grad_shard.contiguous())
+        for name, p, offset in zip(bucket.plan.names, bucket.params, bucket.plan.offsets):
+            grads[name] = full_flat[offset : offset + p.numel()].view(p.shape)
+    return grads
+
+
+def zero_decay_err(backend, ctx) -> float:
+    """A first AdamW step on zero gradients moves nothing but the decoupled weight decay (m = v = 0):
+    p -> p * (1 - lr * wd) for >=2-D weights, p unchanged for biases and LayerNorm gains. Hand-derived
+    (lr 1, wd 0.5: exactly p / 2), so it checks each piece's group even where a slice cuts a parameter."""
+    optimizer = backend.build_optimizer(TrainSection(lr=1.0, weight_decay=0.5, fused_adamw="off"), ctx.device)
+    backend.zero_grad()
+    before = {n: p.detach().clone() for n, p in backend.raw_model.named_parameters()}
+    backend.optimizer_step(optimizer)
+    backend.wait_for_params()
+    return max(
+        (p.detach() - (before[n] * 0.5 if p.dim() >= 2 else before[n])).abs().max().item()
+        for n, p in backend.raw_model.named_parameters()
+    )
 
 
 def run_reference(gpt_cfg, x, y, rank, world, B):
@@ -75,7 +110,7 @@ def run_reference(gpt_cfg, x, y, rank, world, B):
     local_grads = {n: p.grad.clone() for n, p in local.named_parameters()}
 
     gen = model.generate(x[0, 0, :2, :8].contiguous(), 4, temperature=0)  # at init, as the backends do
-    opt = make_optimizer(model.parameters())
+    opt = build_optimizer(model, TRAIN, torch.device("cpu"))
     losses, norms, first_grads = [], [], None
     for s in range(steps):
         step_loss = 0.0
@@ -100,52 +135,68 @@ def run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=True):
     cls = backend_class(backend_name)
     backend = cls(model, ctx, cls.Options(**options))
     is_manual = backend_name == "manual"
+    is_zero = backend_name == "zero"
     out: dict = {}
     # Generation through the wrapped/sharded model, all ranks together, before any step.
     if generate:
         gen = backend.raw_model.generate(x[0, 0, :2, :8].contiguous(), 4, temperature=0)
         out["generate_equal"] = bool(torch.equal(gen, ref["gen"]))
 
-    opt = make_optimizer(backend.parameters())
+    opt = backend.build_optimizer(TRAIN, ctx.device)
     steps, A = x.shape[:2]
     rows = slice(ctx.rank * B, (ctx.rank + 1) * B)
     loss_errs, norm_errs, calls_per_step, launched_in_backward, launch_orders = [], [], [], [], []
+    gathers_per_step = []
     for s in range(steps):
         local_loss = 0.0
-        calls_before = backend.stats.all_reduce_calls if is_manual else 0
+        calls_before = backend.stats.all_reduce_calls if is_manual else backend.stats.reduce_calls if is_zero else 0
+        gathers_before = backend.stats.gather_calls if is_zero else 0
         for a in range(A):
             backend.set_grad_sync(a == A - 1)  # before the forward
             _, loss = backend.module(x[s, a, rows].contiguous(), y[s, a, rows].contiguous())
             (loss / A).backward()
             local_loss += loss.item() / A
-            if a < A - 1 and is_manual:
-                assert backend.stats.all_reduce_calls == calls_before, "all-reduce on a non-sync micro-step"
+            if a < A - 1 and (is_manual or is_zero):
+                calls_now = backend.stats.all_reduce_calls if is_manual else backend.stats.reduce_calls
+                assert calls_now == calls_before, "gradient collective on a non-sync micro-step"
             if s == 0 and a == 0 and A > 1 and backend_name != "fsdp":
                 out["nonsync_err"] = max(
                     rel_err(p.grad, ref["local_grads"][n]) for n, p in backend.raw_model.named_parameters()
                 )
-        if is_manual:
+        if is_manual or is_zero:
             launched_in_backward.append(len(backend.launch_order))
         backend.finish_grad_sync()
-        if is_manual:
-            calls_per_step.append(backend.stats.all_reduce_calls - calls_before)
+        if is_manual or is_zero:
+            calls_now = backend.stats.all_reduce_calls if is_manual else backend.stats.reduce_calls
+            calls_per_step.append(calls_now - calls_before)
             launch_orders.append(backend.last_launch_order)
         if s == 0:
-            out["grad_err"] = max(
-                rel_err(full(p.grad), ref["grads"][n]) for n, p in backend.raw_model.named_parameters()
-            )
+            grads = zero_full_grads(backend) if is_zero else {n: full(p.grad) for n, p in backend.raw_model.named_parameters()}
+            out["grad_err"] = max(rel_err(grads[n], ref["grads"][n]) for n, _ in backend.raw_model.named_parameters())
         norm = backend.clip_grad_norm(MAX_NORM)
         norm_errs.append(abs(norm - ref["norms"][s]) / ref["norms"][s])
         step_loss = all_reduce_scalar(local_loss, ctx, "sum") / ctx.world_size
         loss_errs.append(abs(step_loss - ref["losses"][s]) / ref["losses"][s])
-        opt.step()
+        backend.optimizer_step(opt)
         backend.zero_grad()
+        if is_zero:
+            gathers_per_step.append(backend.stats.gather_calls - gathers_before)
+            backend.wait_for_params()  # before reading parameters outside a forward
     out["loss_err"] = max(loss_errs)
     out["norm_err"] = max(norm_errs)
     out["param_err"] = max(
         rel_err(full(p.detach()), ref["params"][n]) for n, p in backend.raw_model.named_parameters()
     )
     out["clipped"] = any(n > MAX_NORM for n in ref["norms"])
+    if is_zero:
+        out["num_buckets"] = len(backend.buckets)
+        out["calls_per_step"] = calls_per_step
+        out["gathers_per_step"] = gathers_per_step
+        out["launch_orders"] = launch_orders
+        out["launched_in_backward"] = launched_in_backward
+        out["decay_err"] = zero_decay_err(backend, ctx)
+        # Parameters cut between two ranks' slices (the case per-piece groups exist for).
+        out["cut_params"] = len({pc.param for pc in backend.pieces if pc.end - pc.start < pc.param.numel()})
     if is_manual:
         out["num_buckets"] = len(backend.buckets)
         out["calls_per_step"] = calls_per_step

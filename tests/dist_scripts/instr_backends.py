@@ -8,6 +8,8 @@
   batches), compared bitwise; the hook's records per step.
 - fsdp: per step, the all-gathers and reduce-scatters per FSDP group, and each group's parameter
   sizes (full shapes), so the test can compute what the sharded sizes must be.
+- zero (stages 1 and 2, small buckets, grad accumulation 2): the records of each micro-step, of the clip
+  and of the optimizer step (the parameter all-gathers), and each bucket's parameter count.
 Rank 0 writes everything as JSON to --out.
 """
 
@@ -122,6 +124,40 @@ def run_fsdp(ctx, cfg_gpt, steps=2) -> dict:
     return {"group_param_shapes": groups, "steps": per_step}
 
 
+def run_zero(ctx, cfg_gpt, stage, steps=2, accum=2) -> dict:
+    from gptdist.config import TrainSection
+    from gptdist.parallel.zero import ZeroOptions
+
+    torch.manual_seed(SEED)
+    rec = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size)
+    options = ZeroOptions(stage=stage, bucket_cap_mb=0.01, first_bucket_mb=0.002)
+    backend = backend_class("zero")(GPT(cfg_gpt), ctx, options, recorder=rec)
+    optimizer = backend.build_optimizer(TrainSection(), ctx.device)
+    rec.collect()
+    x, y = batches(steps, accum, ctx.rank, cfg_gpt.vocab_size)
+    per_step = []
+    for s in range(steps):
+        micro = []
+        for m in range(accum):
+            backend.set_grad_sync(m == accum - 1)
+            _, loss = backend.module(x[s, m], y[s, m])
+            (loss / accum).backward()
+            backend.finish_grad_sync()
+            micro.append(rows(rec.collect()))
+        backend.clip_grad_norm(1.0)
+        clip = rows(rec.collect())
+        backend.optimizer_step(optimizer)
+        backend.wait_for_params()
+        per_step.append({"micro": micro, "clip": clip, "optimizer": rows(rec.collect())})
+        backend.zero_grad()
+    out = {"bucket_numels": [b.plan.numel for b in backend.buckets],
+           "param_bytes": sum(p.numel() * 4 for p in backend.raw_model.parameters()), "steps": per_step}
+    backend.close()
+    del backend, optimizer
+    gc.collect()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -130,7 +166,7 @@ def main() -> int:
     try:
         cfg_gpt = PRESETS["test"]
         result = {"world_size": ctx.world_size, "manual": run_manual(ctx, cfg_gpt), "ddp": run_ddp(ctx, cfg_gpt),
-                  "fsdp": run_fsdp(ctx, cfg_gpt)}
+                  "fsdp": run_fsdp(ctx, cfg_gpt), "zero1": run_zero(ctx, cfg_gpt, 1), "zero2": run_zero(ctx, cfg_gpt, 2)}
         flags = torch.tensor([float(result["ddp"]["bitwise_identical"])])
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # every rank's gradients, not only rank 0's
         result["ddp"]["bitwise_identical_all_ranks"] = bool(flags.item() == 1.0)
