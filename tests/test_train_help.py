@@ -49,7 +49,7 @@ def test_help_prints_usage_and_every_field_with_type_default_and_doc(tmp_path):
     assert lines["--model.attention"][:3] == ["--model.attention", "naive|sdpa", "sdpa"]
     assert lines["--model.n_layer"][:3] == ["--model.n_layer", "int|null", "null"]
     assert lines["--log.overwrite"][:3] == ["--log.overwrite", "bool", "false"]
-    assert lines["--backend"][:3] == ["--backend", "none|manual|ddp|fsdp", "none"]
+    assert lines["--backend"][:3] == ["--backend", "none|manual|ddp|fsdp|zero", "none"]
     assert "model: The GPT shape." in proc.stdout
     assert list(tmp_path.iterdir()) == []  # nothing ran, nothing written
 

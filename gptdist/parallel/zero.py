@@ -64,14 +64,23 @@ MOMENTS = ("exp_avg", "exp_avg_sq")  # AdamW's per-element state
 
 @dataclass
 class ZeroOptions:
-    """`parallel.zero`: options of the zero backend."""
+    """`parallel.zero.*`: the handwritten ZeRO backend (sharded optimizer state, and gradients at stage 2).
 
-    stage: int = 2  # 1: shard optimizer state; 2: also shard gradients (reduce-scatter in backward)
-    bucket_cap_mb: float = 25.0  # bucket size cap (MiB) for gradient reduction and parameter all-gather
-    first_bucket_mb: float = 1.0  # the first bucket (last layers) is small so its reduction starts early
-    overlap: bool = True  # reduce each bucket during backward; False = all buckets after backward
-    overlap_param_gather: bool = True  # the parameter all-gather runs until the next forward needs it
-    reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # gradient communication dtype (bf16 needs NCCL)
+    Fields:
+        stage: 1 = shard the optimizer state; 2 = also shard gradients (reduce-scatter during backward)
+        bucket_cap_mb: bucket size cap (MiB) for the gradient reduction and the parameter all-gather
+        first_bucket_mb: the first bucket (last layers) is small so its reduction starts early (MiB)
+        overlap: reduce each bucket during backward; false = all buckets after backward
+        overlap_param_gather: the parameter all-gather runs until the next forward needs each bucket
+        reduce_dtype: gradient communication dtype (bf16 needs NCCL)
+    """
+
+    stage: int = 2
+    bucket_cap_mb: float = 25.0
+    first_bucket_mb: float = 1.0
+    overlap: bool = True
+    overlap_param_gather: bool = True
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self):
         if self.stage not in (1, 2):
