@@ -183,6 +183,13 @@ def test_resumed_sweep_retrains_nothing(tmp_path):
     assert launches == [records[0]["name"], records[1]["name"]]
     assert records[1]["steps"] == 35 and records[1]["val_loss"] is not None
 
+    # Without results.json (the sweep's budgets run by two processes into one folder), a rerun trains nothing
+    # and takes each run's wall time from its launch in sweep_log.jsonl.
+    (out / "results.json").unlink()
+    records = run_sweep(second, out, progress=False)
+    logged = [json.loads(line) for line in (out / "sweep_log.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and [r["wall_s"] for r in records] == [line["wall_s"] for line in logged]
+
 
 def _tiny_dataset(folder: Path, train: list[int], val: list[int], vocab: int) -> Path:
     from gptdist.data.shards import write_shard
