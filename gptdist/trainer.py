@@ -284,6 +284,7 @@ class Trainer:
         values: dict[str, Any] = {
             "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": r.step_ms, "period_ms": r.period_ms,
             "data_ms": r.data_ms, "tokens_per_s": tokens_per_s, "mfu": mfu, "tokens": self.step * r.tokens,
+            "unix_s": time.time(),  # wall clock at the step's end: plots of loss against real time (evals included)
         }
         if r.skipped:
             values["skipped"] = True

@@ -13,7 +13,7 @@ from launchers import python
 from synthetic import make_token_dataset
 
 from gptdist.studies.scaling_laws import fits
-from gptdist.studies.scaling_laws.plan import SweepError, plan_runs, spec_from_dict
+from gptdist.studies.scaling_laws.plan import SweepError, plan_runs, spec_from_dict, train_args
 from gptdist.studies.scaling_laws.sweep import checked_plan, run_sweep
 from gptdist.studies.scaling_laws.vocab import frequency_mapping
 
@@ -54,12 +54,22 @@ def test_planner_leaves_out_a_shape_with_too_few_steps(tmp_path):
     assert [r.shape.name for r in runs] == ["small"] and len(notes) == 1 and "big" in notes[0]
 
 
+def test_a_shape_with_its_own_lr_trains_at_it_and_the_others_at_the_spec_lr(tmp_path):
+    tuned = {"name": "tuned", "n_layer": 1, "n_embd": 16, "n_head": 2, "lr": 7e-3}
+    spec = spec_from_dict(spec_dict(tmp_path, shapes=spec_dict(tmp_path)["shapes"] + [tuned]))
+    runs, _ = plan_runs(spec)
+    lrs = {r.shape.name: [a for a in train_args(spec, r, tmp_path) if a.startswith("--train.lr=")] for r in runs}
+    assert lrs == {"small": ["--train.lr=0.001"], "tuned": ["--train.lr=0.007"]}
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"budgets": []}, "non-empty"),
     ({"budgets": [2e9, 1e9]}, "strictly increasing"),
     ({"budgets": [1e9, 1e9]}, "strictly increasing"),
     ({"budgets": [1e6]}, "too small for the smallest model small"),
     ({"shapes": [{"name": "odd", "n_layer": 2, "n_embd": 30, "n_head": 4}]}, "does not divide into 4 heads"),
+    ({"shapes": [{"name": "neg", "n_layer": 2, "n_embd": 32, "n_head": 2, "lr": -1e-3}]}, "neg: lr must be positive"),
+    ({"shapes": [{"name": "typo", "n_layer": 2, "n_embd": 32, "n_head": 2, "learning_rate": 1e-3}]}, "unknown key.*learning_rate"),
 ])
 def test_bad_specs_are_refused(tmp_path, changes, message):
     with pytest.raises(SweepError, match=message):
@@ -172,6 +182,13 @@ def test_resumed_sweep_retrains_nothing(tmp_path):
     launches = [json.loads(line)["run"] for line in (out / "sweep_log.jsonl").read_text().splitlines()]
     assert launches == [records[0]["name"], records[1]["name"]]
     assert records[1]["steps"] == 35 and records[1]["val_loss"] is not None
+
+    # Without results.json (the sweep's budgets run by two processes into one folder), a rerun trains nothing
+    # and takes each run's wall time from its launch in sweep_log.jsonl.
+    (out / "results.json").unlink()
+    records = run_sweep(second, out, progress=False)
+    logged = [json.loads(line) for line in (out / "sweep_log.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and [r["wall_s"] for r in records] == [line["wall_s"] for line in logged]
 
 
 def _tiny_dataset(folder: Path, train: list[int], val: list[int], vocab: int) -> Path:

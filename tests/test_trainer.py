@@ -1,6 +1,7 @@
 """The training loop on one process (backend none): run folder, metrics, checkpoints, exact resume."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,16 @@ def read_metrics(run_dir: Path, kind: str) -> list[dict]:
 
 
 def test_run_writes_folder_metrics_and_checkpoint(data_dir, tmp_path):
+    started = time.time()
     summary = train(tiny(data_dir, tmp_path), init_distributed("cpu"))
+    ended = time.time()
     run = tmp_path / "run"
     steps = read_metrics(run, "train")
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    # Wall clock at each step's end: inside the run, and consecutive rows at least the later step's own time apart.
+    wall = [r["unix_s"] for r in steps]
+    assert started <= wall[0] and wall[-1] <= ended
+    assert all(b - a >= r["step_ms"] / 1e3 - 1e-3 for a, b, r in zip(wall, wall[1:], steps[1:]))
     for key in ("loss", "lr", "grad_norm", "step_ms", "tokens_per_s", "mfu", "data_ms"):
         assert key in steps[0]
     assert steps[0]["mfu"] is None  # no peak FLOP/s is defined for a CPU

@@ -47,7 +47,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         from gptdist.studies.scaling_laws.vocab import truncate_vocabulary
 
         m = truncate_vocabulary(args.data, args.out, args.keep, args.overwrite)
-        rare = {e["split"]: e["rare_fraction"] for e in m["shards"]}
+        rare = {}  # per split, weighted by shard size (a split may have many shards)
+        for split in sorted({e["split"] for e in m["shards"]}):
+            shards = [e for e in m["shards"] if e["split"] == split]
+            rare[split] = round(sum(e["rare_fraction"] * e["tokens"] for e in shards) / sum(e["tokens"] for e in shards), 4)
         print(f"wrote {args.out}: vocabulary {args.keep}, share of tokens mapped to the rare id: {rare}")
         return
     if args.command in ("plan", "run"):

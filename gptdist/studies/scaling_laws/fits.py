@@ -230,13 +230,19 @@ def fit_parametric(points: Sequence[Point], bootstrap: int = 200, seed: int = 0,
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
     boot_starts = np.vstack([theta[None], grid])
+    dropped = 0
     for _ in range(bootstrap):
         resample = [points[i] for i in rng.integers(0, len(points), len(points))]
         boot_theta, _ = _parametric_once(resample, boot_starts, best_of=2)
-        for k, v in _named(boot_theta).items():
+        try:
+            named = _named(boot_theta)
+        except OverflowError:  # A or B = e^a beyond float range: a degenerate resample, dropped and counted
+            dropped += 1
+            continue
+        for k, v in named.items():
             samples.setdefault(k, []).append(v)
     return {"params": params, "objective": value, "huber_delta": HUBER_DELTA, "runs": len(points),
-            "bootstrap": {"resamples": bootstrap, "ci95": {k: _interval(v) for k, v in samples.items()}}}
+            "bootstrap": {"resamples": bootstrap, "dropped": dropped, "ci95": {k: _interval(v) for k, v in samples.items()}}}
 
 
 def fit_all(records: Sequence[dict[str, Any]], bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Shape:
     n_layer: int
     n_embd: int
     n_head: int
+    lr: Optional[float] = None  # this size's peak LR (from an LR probe); None: the spec's lr
 
 
 @dataclass
@@ -124,9 +125,12 @@ def spec_from_dict(raw: Any, where: str = "sweep spec") -> SweepSpec:
     for i, s in enumerate(shapes_raw):
         _require(isinstance(s, dict) and {"n_layer", "n_embd", "n_head"} <= set(s),
                  f"{where}: shape {i} needs n_layer, n_embd and n_head")
+        unknown_keys = sorted(set(s) - {"name", "n_layer", "n_embd", "n_head", "lr"})
+        _require(not unknown_keys, f"{where}: shape {i}: unknown key(s) {', '.join(unknown_keys)}")
         shape = Shape(str(s.get("name", f"L{s['n_layer']}-d{s['n_embd']}")), int(s["n_layer"]), int(s["n_embd"]),
-                      int(s["n_head"]))
+                      int(s["n_head"]), None if s.get("lr") is None else float(s["lr"]))
         _require(shape.n_layer >= 1 and shape.n_head >= 1 and shape.n_embd >= 1, f"{where}: shape {shape.name} must be positive")
+        _require(shape.lr is None or shape.lr > 0, f"{where}: shape {shape.name}: lr must be positive, got {shape.lr}")
         _require(shape.n_embd % shape.n_head == 0,
                  f"{where}: shape {shape.name}: n_embd {shape.n_embd} does not divide into {shape.n_head} heads")
         shapes.append(shape)
@@ -169,6 +173,11 @@ def plan_runs(spec: SweepSpec, train_tokens: Optional[int] = None) -> tuple[list
     return runs, notes
 
 
+def run_lr(spec: SweepSpec, run: PlannedRun) -> float:
+    """The run's peak LR: its shape's own (an LR probe per size), else the spec's one LR."""
+    return run.shape.lr if run.shape.lr is not None else spec.lr
+
+
 def train_args(spec: SweepSpec, run: PlannedRun, out_dir: str | Path) -> list[str]:
     """The launch/train.py arguments of one run: an ordinary gptdist run, its LR cosine ending at its own last step."""
     warmup = max(1, round(spec.warmup_fraction * run.steps))
@@ -177,7 +186,7 @@ def train_args(spec: SweepSpec, run: PlannedRun, out_dir: str | Path) -> list[st
         f"--model.n_layer={run.shape.n_layer}", f"--model.n_head={run.shape.n_head}", f"--model.n_embd={run.shape.n_embd}",
         f"--model.block_size={spec.seq_len}", f"--model.vocab_size={spec.vocab_size}",
         f"--data.dir={spec.data_dir}", f"--data.batch_size={spec.batch_size}", f"--data.seq_len={spec.seq_len}",
-        f"--train.max_steps={run.steps}", f"--train.lr={spec.lr}", f"--train.min_lr_ratio={spec.min_lr_ratio}",
+        f"--train.max_steps={run.steps}", f"--train.lr={run_lr(spec, run)}", f"--train.min_lr_ratio={spec.min_lr_ratio}",
         f"--train.warmup_steps={warmup}",
         f"--eval.val_every={run.steps}", f"--eval.val_batches={spec.val_batches}",
         f"--log.out_dir={Path(out_dir) / 'runs'}", f"--log.run_name={run.name}", "--log.console_every=50",

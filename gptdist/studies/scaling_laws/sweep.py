@@ -108,6 +108,16 @@ def record(out_dir: Path, run: PlannedRun, status: str, error: str = "") -> dict
             "train_loss": state["train_loss"], "train_s": state["train_ms"] / 1e3}
 
 
+def launch_walls(out_dir: Path) -> dict[str, float]:
+    """{run: its launches' wall seconds summed}, from sweep_log.jsonl (a run resumed over launches sums them)."""
+    walls: dict[str, float] = {}
+    log_path = Path(out_dir) / "sweep_log.jsonl"
+    if log_path.is_file():
+        for _, rec in read_jsonl(log_path):
+            walls[rec["run"]] = walls.get(rec["run"], 0.0) + rec["wall_s"]
+    return walls
+
+
 def run_sweep(spec: SweepSpec, out_dir: str | Path, progress: bool = True,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict[str, Any]]:
     """Run every planned run not yet done; return one record per run (status done/failed)."""
@@ -122,13 +132,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, progress: bool = True,
     results_path = out_dir / "results.json"
     previous = json.loads(results_path.read_text())["runs"] if results_path.is_file() else []
     records = {rec["name"]: rec for rec in previous}
+    logged_wall = launch_walls(out_dir)
     total = sum(r.flops for r in runs)
     bar = tqdm(total=total, unit="FLOP", unit_scale=True, disable=not progress, desc=spec.name, dynamic_ncols=True)
     try:
         for run in runs:
             if is_done(out_dir, run):
                 bar.update(run.flops)
-                records[run.name] = {**record(out_dir, run, "done"), "wall_s": records.get(run.name, {}).get("wall_s")}
+                wall = records.get(run.name, {}).get("wall_s") or logged_wall.get(run.name)  # the log: run by another process
+                records[run.name] = {**record(out_dir, run, "done"), "wall_s": wall}
                 continue
             per_step = run.flops / run.steps
             counted = [0]
