@@ -10,18 +10,24 @@ T=docs/results/cluster_cpu_netns/tables
 mkdir -p "$D/timelines"
 for backend in manual ddp fsdp; do
   python launch/simulate.py extract "$RUNS/strong_1gbit/$backend-n1-b8" --skip "$SKIP" --out "$D/timelines/$backend-n1-b8.json" > /dev/null
-  python launch/simulate.py extract "$RUNS/single/$backend-n1-b4" --skip "$SKIP" --out "$D/timelines/$backend-n1-b4.json" > /dev/null
+  if [[ -d $RUNS/single/$backend-n1-b4 ]]; then
+    python launch/simulate.py extract "$RUNS/single/$backend-n1-b4" --skip "$SKIP" --out "$D/timelines/$backend-n1-b4.json" > /dev/null
+  fi
 done
+# with 1-rank runs at b = 4 (PARTS=single): compute affine in the batch; without them: compute x 1/N
+small() { [[ -f $D/timelines/manual-n1-b4.json ]] && echo --small-timeline "$1" || true; }
 timelines() { echo "manual=$D/timelines/manual-n1-b$1.json,ddp=$D/timelines/ddp-n1-b$1.json,fsdp=$D/timelines/fsdp-n1-b$1.json"; }
-python launch/simulate.py validate "$(timelines 8)" --small-timeline "$(timelines 4)" \
+python launch/simulate.py validate "$(timelines 8)" $(small "$(timelines 4)") \
   --comm-table $T/intra_n2,$T/intra_n4 --inter-table 2x1=$T/inter_1gbit_2x1,2x2=$T/inter_1gbit_2x2 \
   --study $R/strong_1gbit/results.json --backends manual,ddp,fsdp --modes strong --cores 2 --no-prefetch \
   --out "$D/strong_1gbit" | tee "$D/strong_1gbit.console.txt"
 # the link-rate sweep (manual, 2x1): each rate's own all_reduce table across the link
+[[ ${PARTS:-strong,sweep} == *sweep* ]] || exit 0
+mkdir -p "$D/sweep"
 for study in $R/sweep/*/; do
   name=$(basename "$study"); rate=${name%%_*}; flags=()
   [[ $name == *overlap_false ]] && flags=(--no-overlap)
-  python launch/simulate.py validate "manual=$D/timelines/manual-n1-b8.json" --small-timeline "manual=$D/timelines/manual-n1-b4.json" \
+  python launch/simulate.py validate "manual=$D/timelines/manual-n1-b8.json" $(small "manual=$D/timelines/manual-n1-b4.json") \
     --comm-table $T/intra_n2 --inter-table 2x1=$R/comm_$rate/inter_2x1 --study "$study/results.json" \
     --backends manual --modes strong --cores 2 "${flags[@]}" --out "$D/sweep/$name" | tee "$D/sweep/$name.console.txt"
 done
