@@ -31,3 +31,10 @@ for study in $R/sweep/*/; do
     --comm-table $T/intra_n2 --inter-table 2x1=$R/comm_$rate/inter_2x1 --study "$study/results.json" \
     --backends manual --modes strong --cores 2 "${flags[@]}" --out "$D/sweep/$name" | tee "$D/sweep/$name.console.txt"
 done
+# efficiency vs link rate, measured and predicted (1 Gbit/s with overlap: the strong study's manual 2x1 run)
+measured=("1gbit_overlap_true=$R/strong_1gbit/results.json"); predicted=("1gbit_overlap_true=$D/strong_1gbit/validation.json")
+for study in $R/sweep/*/; do
+  name=$(basename "$study")
+  measured+=("$name=$study/results.json"); predicted+=("$name=$D/sweep/$name/validation.json")
+done
+python launch/link_sweep.py --layout 2x1 --out $R "${measured[@]}" --predicted "${predicted[@]}" | tee $R/link_sweep.console.txt
