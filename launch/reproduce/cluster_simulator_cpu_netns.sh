@@ -27,7 +27,9 @@ mkdir -p "$D/sweep"
 for study in $R/sweep/*/; do
   name=$(basename "$study"); rate=${name%%_*}; flags=()
   [[ $name == *overlap_false ]] && flags=(--no-overlap)
-  python launch/simulate.py validate "manual=$D/timelines/manual-n1-b8.json" $(small "manual=$D/timelines/manual-n1-b4.json") \
+  # each sweep study's own 1-rank run (same sitting as its 2x1 run; the no-overlap studies reuse the overlap one's)
+  python launch/simulate.py extract "$RUNS/sweep/$name/manual-n1-b8" --skip "$SKIP" --out "$D/timelines/sweep-$name-manual-n1-b8.json" > /dev/null
+  python launch/simulate.py validate "manual=$D/timelines/sweep-$name-manual-n1-b8.json" $(small "manual=$D/timelines/manual-n1-b4.json") \
     --comm-table $T/intra_n2 --inter-table 2x1=$R/comm_$rate/inter_2x1 --study "$study/results.json" \
     --backends manual --modes strong --cores 2 "${flags[@]}" --out "$D/sweep/$name" | tee "$D/sweep/$name.console.txt"
 done
