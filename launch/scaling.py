@@ -36,6 +36,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", required=True, help="report folder (report.md, results.json, plots)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
     p.add_argument("--note", action="append", default=[], help="a line for the report (repeatable)")
+    p.add_argument("--cluster", default="",
+                   help="an emulated cluster that is up (launch/cluster.py up --name NAME): 1-node layouts run in node 0, "
+                        "AxB on nodes 0..A-1 across its shaped link (docs/cluster.md)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild the report from the run folders already in --runs-dir (same plan)")
     args = p.parse_args(argv)
@@ -52,14 +55,28 @@ def main(argv: list[str]) -> None:
     backends = [x.strip() for x in args.backends.split(",")]
     specs = scaling.plan_runs(backends, layouts, modes, b, cfg.data.seq_len)
     runs_dir = Path(args.runs_dir)
-    results = []
+    cluster = None
+    if args.cluster and not args.report_only:
+        from gptdist.cluster import netns, state
+        from gptdist.studies.scaling import on_cluster
+
+        netns.require_host()
+        cluster = state.require(state.check_name(args.cluster))
+        on_cluster.check_layouts(cluster, specs)
+    results, hosts = [], {}
     for spec in specs:
         if args.report_only:
             run_dir = runs_dir / spec.name
             if not (run_dir / "ranks").is_dir():
                 raise ConfigError(f"--report-only: {run_dir} has no ranks/ folder (run the study without it first)")
+        elif cluster is not None:
+            run_dir = on_cluster.run_spec_on_cluster(cluster, spec, args.config, runs_dir, args.steps, args.threads_per_rank,
+                                                     args.timeout, extra)
         else:
             run_dir = scaling.run_spec(spec, args.config, runs_dir, args.steps, args.threads_per_rank, args.timeout, extra)
+        if args.cluster:
+            from gptdist.studies.scaling.on_cluster import rank_hosts
+            hosts[spec.name] = rank_hosts(run_dir)
         results.append(scaling.collect_run(run_dir, spec, args.warmup))
     rows = scaling.analyse(results, modes)
     from gptdist.provenance import provenance
@@ -68,6 +85,9 @@ def main(argv: list[str]) -> None:
             "backends": backends, "world_sizes": args.world_sizes, "modes": modes, "steps": args.steps,
             "warmup": args.warmup, "threads_per_rank": args.threads_per_rank, "per_rank_batch": b,
             "global_batch": b * max(l.world for l in layouts), "seq_len": cfg.data.seq_len, "extra": extra,
+            "cluster": ({"name": cluster.name, "rate_bit": cluster.rate_bit, "nodes": [n.addr for n in cluster.nodes]}
+                        if cluster is not None else args.cluster or None),
+            "rank_hosts": hosts,
             "provenance": provenance(command="python launch/scaling.py " + " ".join(sys.argv[1:]), config=args.config)}
     out = Path(args.out)
     scaling.write_report(out, rows, results, meta, args.note)

@@ -87,6 +87,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     from gptdist.errors import ConfigError
 
     comm = _comm(args)
+    inter = simulator.inter_tables(getattr(args, "inter_table", "") or "")  # per-layout tables across nodes
     small = None
     if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
         small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend, "--small-timeline")
@@ -112,7 +113,8 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         contention = _measured_contention(args).get(n, contention)
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
         cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
-        p = simulator.simulate(replayed, comm, n, backend, share, contention, overlap=not args.no_overlap,
+        layout_comm = simulator.comm_for_layout(comm, inter, layout) if inter else comm
+        p = simulator.simulate(replayed, layout_comm, n, backend, share, contention, overlap=not args.no_overlap,
                                prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap)
         base = p if n == 1 else base
         preds.append(p)
@@ -164,7 +166,10 @@ def main(argv: list[str]) -> None:
         q.add_argument("--fit", help="a comm_bench fit.json as the comm model")
         q.add_argument("--profile", choices=sorted(simulator.PROFILES), help="a named hardware profile as the comm model")
         q.add_argument("--comm-table", help="comm_bench results.json files or folders, comma-separated (measured "
-                       "times, interpolated; only the measured world sizes)")
+                       "times, interpolated; only the measured world sizes; on a cluster: one node's)")
+        q.add_argument("--inter-table", help="a cluster's tables measured across nodes, LAYOUT=RESULTS,... (e.g. "
+                       "2x1=DIR,2x2=DIR): each multi-node layout uses its own, else all_reduce hierarchically "
+                       "over the Ax1 table (simulator.comm_for_layout)")
         q.add_argument("--backends", default="manual", help="comma-separated backends to predict")
         q.add_argument("--modes", default="strong", help="strong, weak, or both")
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")

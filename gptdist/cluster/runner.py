@@ -12,9 +12,10 @@ from gptdist.cluster.state import ClusterState, Node
 
 
 def torchrun_argv(state: ClusterState, node: Node, nproc_per_node: int, port: int, script_and_args: list[str],
-                  rdzv_id: str = "gptdist") -> list[str]:
-    """The command line a user types on node `node` of a real cluster (head = node 0)."""
-    return ["torchrun", "--nnodes", str(len(state.nodes)), "--nproc-per-node", str(nproc_per_node),
+                  rdzv_id: str = "gptdist", nnodes: int | None = None, torchrun: tuple[str, ...] = ("torchrun",)) -> list[str]:
+    """The command line a user types on node `node` of a real cluster (head = node 0). nnodes: how many of
+    the cluster's nodes take part (default all: nodes 0..nnodes-1)."""
+    return [*torchrun, "--nnodes", str(nnodes or len(state.nodes)), "--nproc-per-node", str(nproc_per_node),
             "--node-rank", str(node.rank), "--rdzv-backend", "c10d", "--rdzv-id", rdzv_id,
             "--rdzv-endpoint", f"{state.nodes[0].name}:{port}", *script_and_args]
 

@@ -32,6 +32,8 @@ import collections
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +53,17 @@ from gptdist.instrument.timeline import breakdown, subtract
 _NULL = contextlib.nullcontext()
 
 
+def rank_host() -> dict[str, Any]:
+    """This process's host name, its address as the host name resolves (on the emulated cluster: the
+    node's address on the cluster subnet, through the node's hosts file) and the cluster node, if any."""
+    host = socket.gethostname()
+    try:
+        addr = socket.gethostbyname(host)
+    except OSError:
+        addr = None
+    return {"host": host, "addr": addr, "cluster_node": os.environ.get("GPTDIST_CLUSTER_NODE")}
+
+
 class Instrumentation:
     def __init__(self, cfg, ctx: DistContext, run_dir: Path, log: Optional[logging.Logger] = None, clock=None):
         """clock: the device clock CUDA events are read through (None: the real one; tests pass a
@@ -62,6 +75,9 @@ class Instrumentation:
         self.rank_dir = run_dir / "ranks" / f"rank{ctx.rank}"
         if self.enabled:
             self.rank_dir.mkdir(parents=True, exist_ok=True)
+            # Which machine this rank ran on: on the emulated cluster, the node (host name and address),
+            # so a study can show that its ranks really were on different nodes.
+            (self.rank_dir / "host.json").write_text(json.dumps(rank_host()) + "\n")
         if self.enabled and cfg.instrument.collectives:
             self.recorder: Any = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size, self.rank_dir / "collectives.jsonl",
                                                      clock=clock)

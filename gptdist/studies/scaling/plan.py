@@ -100,16 +100,21 @@ def plan_runs(backends: Sequence[str], layouts: Sequence[Layout], modes: Sequenc
 # Running
 
 
-def launch_commands(spec: RunSpec, config: str, runs_dir: Path, steps: int, extra: Sequence[str] = ()) -> list[list[str]]:
-    """One torchrun command per node (all on this host for a multi-node layout: a rehearsal of the
-    real thing, which runs the same command on each node with its --node-rank)."""
-    port = free_port()
-    args = [
+def train_args(spec: RunSpec, config: str, runs_dir: Path, steps: int, extra: Sequence[str] = ()) -> list[str]:
+    """launch/train.py and its arguments for one run (what every rank runs)."""
+    return [
         str(REPO / "launch" / "train.py"), "--config", config, "--backend", spec.backend,
         "--data.batch_size", str(spec.batch_size), "--train.global_batch_tokens", str(spec.global_batch_tokens),
         "--train.max_steps", str(steps), "--log.out_dir", str(runs_dir), "--log.run_name", spec.name,
         "--log.overwrite", "true", *extra,
     ]
+
+
+def launch_commands(spec: RunSpec, config: str, runs_dir: Path, steps: int, extra: Sequence[str] = ()) -> list[list[str]]:
+    """One torchrun command per node (all on this host for a multi-node layout: a rehearsal of the
+    real thing, which runs the same command on each node with its --node-rank)."""
+    port = free_port()
+    args = train_args(spec, config, runs_dir, steps, extra)
     commands = []
     for node in range(spec.layout.nodes):
         commands.append([

@@ -164,3 +164,49 @@ def contention_from_runs(solo: "Timeline", concurrent: list["Timeline"]) -> floa
         raise ConfigError("contention_from_runs needs at least one concurrent run")
     work = lambda t: t.pre_ms + t.backward_ms + sum(t.post_ms.values())  # noqa: E731
     return statistics.mean(work(t) for t in concurrent) / work(solo)
+
+
+# ----------------------------------------------------------------------------------------------
+# Topology: a cluster of nodes (the emulated cluster, docs/cluster.md)
+
+
+def comm_for_layout(intra: CommFn, inter: dict[str, CommFn], layout) -> CommFn:
+    """The collective cost for one layout (gptdist.studies.scaling.Layout) of a cluster.
+
+    intra: one node's tables (ranks over the node's loopback), by world size. inter: tables measured across
+    the nodes, by layout name ("2x1", "2x2"). A one-node layout uses intra. A layout measured across the
+    nodes uses its own table: it is what gloo's algorithms really cost over the slowest link (on the
+    emulated cluster gloo's reduce-scatter reaches a third of the link and a 2x2 broadcast half of it,
+    far from an ideal ring, docs/results/cluster_cpu_netns/tables/). Otherwise, all_reduce of B bytes on A
+    nodes of g ranks is modelled hierarchically from the one-rank-per-node table "Ax1":
+        intra reduce_scatter(B, g) + inter all_reduce(B/g, A) + intra all_gather(B, g)
+    (each rank carries its 1/g shard across the link); other collectives need their layout measured."""
+    if layout.nodes == 1:
+        return intra
+    if layout.name in inter:
+        return inter[layout.name]
+    per_node_table = inter.get(f"{layout.nodes}x1")
+    if per_node_table is None:
+        raise ConfigError(f"no inter-node comm table for layout {layout.name} or {layout.nodes}x1 "
+                          f"(have: {', '.join(sorted(inter)) or 'none'}); measure one with comm_bench on the cluster")
+    g = layout.per_node
+
+    def time_ms(op: str, nbytes: float, n: int) -> float:
+        if op != "all_reduce":
+            raise ConfigError(f"{op} across {layout.name} is not modelled hierarchically: measure that layout "
+                              f"(comm_bench/run_all.py on the cluster) and give it as {layout.name}=PATH")
+        return (intra("reduce_scatter", nbytes, g) + per_node_table("all_reduce", nbytes / g, layout.nodes)
+                + intra("all_gather", nbytes, g))
+
+    return time_ms
+
+
+def inter_tables(text: str) -> dict[str, CommFn]:
+    """"2x1=DIR,2x2=DIR" (comm_bench results measured across the nodes at that layout) -> layout -> CommFn."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, sep, path = item.partition("=")
+        if not sep or "x" not in name or not path:
+            raise ConfigError(f"--inter-table takes LAYOUT=RESULTS,... (e.g. 2x1=DIR,2x2=DIR), not {item!r}")
+        out[name.strip()] = comm_from_table([path])
+    return out

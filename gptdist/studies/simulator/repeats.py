@@ -1,0 +1,35 @@
+"""The simulator's error over repeated sittings: each repeat measured its own inputs (1-rank timelines,
+comm tables) and its own study, then `launch/simulate.py validate` wrote a validation.json. This gathers
+them: per (mode, backend, layout) the error of every repeat, its mean, min and max, and overall mean |error|."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+
+def error_spread(validations: list[Path]) -> dict:
+    per_run: dict[tuple, list[float]] = {}
+    for path in validations:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if r["world"] > 1:
+                per_run.setdefault((r["mode"], r["backend"], r["layout"]), []).append(r["error"])
+    rows = [{"mode": m, "backend": b, "layout": l, "errors": errs, "mean": statistics.mean(errs), "min": min(errs),
+             "max": max(errs)} for (m, b, l), errs in sorted(per_run.items())]
+    every = [e for errs in per_run.values() for e in errs]
+    return {"repeats": len(validations), "rows": rows,
+            "mean_abs_error": statistics.mean(abs(e) for e in every) if every else None,
+            "max_abs_error": max((abs(e) for e in every), default=None)}
+
+
+def markdown(spread: dict) -> str:
+    lines = [f"{spread['repeats']} repeats", "", "| mode | backend | N | error per repeat | mean | min – max |",
+             "|---|---|---|---|---|---|"]
+    for r in spread["rows"]:
+        each = ", ".join(f"{100 * e:+.1f}%" for e in r["errors"])
+        lines.append(f"| {r['mode']} | {r['backend']} | {r['layout']} | {each} | {100 * r['mean']:+.1f}% | "
+                     f"{100 * r['min']:+.1f}% – {100 * r['max']:+.1f}% |")
+    if spread["mean_abs_error"] is not None:
+        lines += ["", f"mean |error| {100 * spread['mean_abs_error']:.1f}%, largest |error| {100 * spread['max_abs_error']:.1f}%"]
+    return "\n".join(lines)
