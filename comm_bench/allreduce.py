@@ -1,6 +1,6 @@
 """All-reduce (sum) sweep over message sizes, like nccl-tests' all_reduce_perf.
 
-    torchrun --standalone --nproc-per-node 4 comm_bench/allreduce.py -b 1K -e 64M -d float32
+    torchrun --standalone --nproc-per-node 4 comm_bench/allreduce.py -b 1K -e 64M -d fp32
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 comm_bench/allreduce.py -b 8 -e 1G
 
 Flags (-b, -e, -f, -w, -n, -d, --inplace/--out-of-place, -a, --out): `--help` or docs/comm_bench.md.

@@ -46,16 +46,18 @@ from gptdist.studies.alphabeta import OPS, busbw_factor
 from gptdist.dist import DistContext, init_distributed, launched_by_torchrun, teardown
 from gptdist.errors import ConfigError, GptdistError
 
+# Element types, named as everywhere in gptdist (gptdist/dtypes.py): fp32, bf16, fp16, plus the ones only a
+# collective benchmark needs. torch's and nccl-tests' long names are refused with the short name to use.
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp64": torch.float64,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
     "int32": torch.int32,
     "int64": torch.int64,
 }
-DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "double": "float64", "fp64": "float64", "half": "float16",
-                 "fp16": "float16", "bf16": "bfloat16", "int": "int32"}
+LONG_DTYPE_NAMES = {"float32": "fp32", "float": "fp32", "float64": "fp64", "double": "fp64", "float16": "fp16",
+                    "half": "fp16", "bfloat16": "bf16", "int": "int32"}
 # Tolerance of the correctness check (relative): the test values are small integers, exact in every
 # dtype at small world sizes; bf16/fp16 sums over many ranks may round.
 CHECK_RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -97,14 +99,16 @@ def parse_ops(text: str) -> list[str]:
 
 
 def parse_dtype(text: str) -> torch.dtype:
-    name = DTYPE_ALIASES.get(text.lower(), text.lower())
+    name = text.lower()
+    if name in LONG_DTYPE_NAMES:
+        raise ConfigError(f"dtype {text!r}: use {LONG_DTYPE_NAMES[name]!r} (gptdist's dtype names: {', '.join(DTYPES)})")
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {text!r} (choose from {', '.join(DTYPES)})")
     return DTYPES[name]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -123,7 +127,7 @@ def build_parser(default_op: str) -> argparse.ArgumentParser:
     p.add_argument("-f", "--step-factor", type=int, default=2, help="multiply the size by this each step (default 2)")
     p.add_argument("-w", "--warmup", type=int, default=5, help="untimed calls per size (default 5)")
     p.add_argument("-n", "--iters", type=int, default=20, help="timed calls per size (default 20)")
-    p.add_argument("-d", "--dtype", default="float32", help=f"element type: {', '.join(DTYPES)} (default float32)")
+    p.add_argument("-d", "--dtype", default="fp32", help=f"element type: {', '.join(DTYPES)} (default fp32)")
     place = p.add_mutually_exclusive_group()
     place.add_argument("--inplace", dest="inplace", action="store_true", help="output buffer aliases the input")
     place.add_argument("--out-of-place", dest="inplace", action="store_false", help="separate output buffer (default)")

@@ -89,7 +89,7 @@ def test_single_op_script_with_other_dtype(tmp_path):
     proc = torchrun(["comm_bench/reducescatter.py", "-b", "1K", "-e", "4K", "-w", "0", "-n", "1", "-d", "bf16", "--out", str(tmp_path)], nproc=2)
     rows = json.loads((tmp_path / "results.json").read_text())["results"]
     assert [r["size_bytes"] for r in rows] == [1024, 2048, 4096]
-    assert all(r["op"] == "reduce_scatter" and r["dtype"] == "bfloat16" and r["wrong"] == 0 for r in rows)
+    assert all(r["op"] == "reduce_scatter" and r["dtype"] == "bf16" and r["wrong"] == 0 for r in rows)
     assert "reduce_scatter" in proc.stdout
 
 
@@ -149,6 +149,9 @@ def test_sizes_ops_and_dtypes_parse():
     assert harness.sweep_sizes(8, 64, 2) == [8, 16, 32, 64] and harness.sweep_sizes(1, 100, 10) == [1, 10, 100]
     assert harness.parse_ops("allreduce,all-gather") == ["all_reduce", "all_gather"] and harness.parse_ops("all") == list(alphabeta.OPS)
     assert harness.parse_dtype("bf16") is torch.bfloat16
+    assert harness.dtype_name(torch.bfloat16) == "bf16"
+    with pytest.raises(ConfigError, match="dtype 'bfloat16': use 'bf16'"):
+        harness.parse_dtype("bfloat16")
     assert harness.aligned_size("all_gather", 100, 4, 4) == 96 and harness.aligned_size("all_reduce", 100, 4, 4) == 100
     assert harness.aligned_size("all_to_all", 8, 4, 4) == 0  # skipped: less than one element per rank
     lo, hi = harness.resolve_size_range(harness.parse_args([], "all_reduce"), "cuda")
