@@ -71,7 +71,6 @@ def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
     if args.worker_out:
         dist_ladder.worker(ladder, opts, Path(args.run_dir), Path(args.worker_out))
         return 0
-    dist_ladder.check_dist_ladder(ladder, device)
     if not args.out:
         raise ConfigError("a `world:` ladder writes its report: give --out")
     result = dist_ladder.launch(args.config, argv, ladder.world, Path(args.out), Path(args.run_dir))

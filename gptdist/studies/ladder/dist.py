@@ -6,7 +6,7 @@ over ranks and steps after the skipped first ones), exposed communication, the r
 collective beside the analytic count (`analytic_bytes`), storage per rank (parameters, gradient buffers and
 optimizer state counted from the tensors after the last step, `zero_memory.storage_bytes`) and the loss
 after the last step. A rung marked `needs: nccl` (bf16 gradient communication) is skipped on gloo with its
-reason; the same change without that mark is a config error before anything runs.
+reason; the same change without that mark is the config's one-line error before anything runs.
 
 Bytes follow nccl-tests' "size", as the recorder counts them (gptdist/instrument/recorder.py): the buffer of
 an all-reduce, the whole gathered output of an all-gather, the whole input of a reduce-scatter, per rank
@@ -58,18 +58,6 @@ def analytic_bytes(settings: dict[str, Any], numel: int) -> dict[str, float]:
         gathers = 2 if f.reshard_after_forward else 1
         return {"all_gather": 4.0 * numel * gathers, "reduce_scatter": (2.0 if f.reduce_dtype == "bf16" else 4.0) * numel}
     raise ConfigError(f"no analytic byte count for backend {backend!r}")
-
-
-def check_dist_ladder(ladder: Ladder, device: torch.device) -> None:
-    """Refuse, before anything runs, a rung whose change this transport cannot make without saying so."""
-    for p in plan_ladder(ladder, device):
-        if p.skip_reason is not None:
-            continue
-        cfg = build_config(None, config_view(p.settings))
-        for section in ("zero", "fsdp"):
-            if cfg.backend == section and getattr(cfg.parallel, section).reduce_dtype == "bf16" and device.type != "cuda":
-                raise ConfigError(f"{ladder.source} rung {p.rung.name!r}: bf16 gradient communication needs NCCL; "
-                                  "gloo cannot reduce bf16 (mark the rung `needs: nccl` to report it skipped)")
 
 
 @dataclasses.dataclass
