@@ -188,7 +188,9 @@ def compose_ladder(spec: dict[str, Any], base_overrides: Optional[dict[str, Any]
             except ConfigError as exc:
                 # The config refuses bf16 communication where gloo is all there is; a rung marked `needs: nccl`
                 # is then only reported as skipped, and checked on a machine where it runs.
-                if not (needs == "nccl" and "NCCL" in str(exc)):
+                # (The rungs after it too: plan_ladder re-checks every rung that runs, without that change.)
+                after_nccl = needs == "nccl" or any(r.needs == "nccl" for r in Ladder(rungs).chain(parent))
+                if not (after_nccl and "NCCL" in str(exc)):
                     raise
                 settings = {**by_name[parent].settings, key: value}
             rung = Rung(name, settings, parent, (key, settings[key]), needs, str(item.get("why", "")), is_side)
