@@ -75,6 +75,7 @@ def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError("a `world:` ladder writes its report: give --out")
     result = dist_ladder.launch(args.config, argv, ladder.world, Path(args.out), Path(args.run_dir))
     result["notes"] = args.note
+    result["provenance"]["command"] = result["command"]  # the user's command, not the torchrun worker's
     markdown = dist_to_markdown(result, args.note)
     out = write_outputs(Path(args.out), result, markdown)
     dist_plot(result, out.with_suffix(".png"))
