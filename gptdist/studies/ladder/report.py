@@ -18,6 +18,12 @@ def _change_text(row: dict) -> str:
     return f"`{row['change']['key']}={row['change']['value']}`"
 
 
+def _row_head(i: int, r: dict) -> str:
+    """The first three cells of a rung's table row: index, name (side rungs say where from), change."""
+    name = r["name"] + (f" (side, from {r['parent']})" if r["side"] else "")
+    return f"| {i} | {name} | {_change_text(r)} |"
+
+
 def _x(s: Optional[dict]) -> str:
     return "" if s is None else f"{s['tokens_per_s_ratio']:.2f}x"
 
@@ -41,16 +47,15 @@ def to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(result["rungs"]):
-        name = r["name"] + (f" (side, from {r['parent']})" if r["side"] else "")
         if r["status"] != "ok":
-            lines.append(f"| {i} | {name} | {_change_text(r)} | | {r['status']}: {r['reason']} | | | | | | |")
+            lines.append(f"{_row_head(i, r)} | {r['status']}: {r['reason']} | | | | | | |")
             continue
         m = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
         prev = _x(r["speedup_vs_previous"])
         if r["speedup_vs_previous"] and r["speedup_vs_previous"]["vs"] != r["parent"]:
             prev += f" (vs {r['speedup_vs_previous']['vs']})"
         lines.append(
-            f"| {i} | {name} | {_change_text(r)} | {r['batch_size']} | {r['step_ms_median']:.1f} | "
+            f"{_row_head(i, r)} {r['batch_size']} | {r['step_ms_median']:.1f} | "
             f"{r['step_ms_p10']:.1f}-{r['step_ms_p90']:.1f} | {r['tokens_per_s']:,.0f} | {m} | "
             f"{_mib(r['memory'].get('peak_bytes'))} | {prev} | {_x(r['speedup_vs_baseline'])} |"
         )
@@ -161,9 +166,8 @@ def dist_to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
         "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(result["rungs"]):
-        name = r["name"] + (f" (side, from {r['parent']})" if r["side"] else "")
         if r["status"] != "ok":
-            lines.append(f"| {i} | {name} | {_change_text(r)} | {r['status']}: {r['reason']} | | | | | | | |")
+            lines.append(f"{_row_head(i, r)} {r['status']}: {r['reason']} | | | | | | | |")
             continue
         s, e = r["step_ms"], r["exposed_ms"]
         prev = f"{r['speedup_vs_previous']:.2f}x" if "speedup_vs_previous" in r else ""
@@ -171,7 +175,7 @@ def dist_to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
             prev += f" (vs {r['compare_to']})"
         saved = f"{r['memory_saving_vs_previous_bytes'] / 1024:,.1f} KiB" if "memory_saving_vs_previous_bytes" in r else ""
         lines.append(
-            f"| {i} | {name} | {_change_text(r)} | {s['median']:.1f} ({s['p95']:.1f}) | {e['median']:.1f} | "
+            f"{_row_head(i, r)} {s['median']:.1f} ({s['p95']:.1f}) | {e['median']:.1f} | "
             f"{_bytes_text(r['bytes_per_step'])} | {_bytes_text(r['analytic_bytes_per_step'])} | "
             f"{r['memory'][0]['total'] / 1024:,.1f} | {r['final_loss']:.4f} | {prev} | {saved} |")
     if notes:

@@ -123,7 +123,7 @@ def _load_spec(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             "base": {**parent.get("base", {}), **(data.get("base") or {})},
             "rungs": data.get("rungs", parent.get("rungs")),
             "side_rungs": data.get("side_rungs", parent.get("side_rungs")),
-            **({"world": data.get("world", parent["world"])} if "world" in data or "world" in parent else {}),
+            **({"world": data.get("world", parent.get("world"))} if "world" in data or "world" in parent else {}),
         }
     return data
 
