@@ -124,3 +124,23 @@ def test_two_rung_ladder_end_to_end_at_two_ranks(tmp_path):
     text = out.with_suffix(".md").read_text()
     assert "| 1 | zero2 | `backend=zero` |" in text and "skipped: needs NCCL" in text
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_committed_dist_ladder_is_the_issue_order_one_change_per_rung():
+    ladder = compose_ladder(yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "ladder" / "dist_cpu.yaml").read_text()))
+    assert ladder.world == 2
+    main = [(r.name, r.change) for r in ladder.rungs if not r.side]
+    assert main == [
+        ("manual_no_overlap", None),
+        ("overlap", ("parallel.manual.overlap", True)),
+        ("bucket_tuned", ("parallel.manual.bucket_cap_mb", 1.0)),
+        ("zero1", ("backend", "zero")),
+        ("zero2", ("parallel.zero.stage", 2)),
+        ("bf16_comm", ("parallel.zero.reduce_dtype", "bf16")),
+        ("fsdp_reshard", ("backend", "fsdp")),
+        ("fsdp_no_reshard", ("parallel.fsdp.reshard_after_forward", False)),
+        ("ddp", ("backend", "ddp")),
+    ]
+    plan = {p.rung.name: p for p in plan_ladder(ladder, CPU)}
+    assert plan["bf16_comm"].skip_reason and plan["fsdp_reshard"].compare_to == "zero2"
+    assert "parallel.zero.reduce_dtype" not in plan["fsdp_reshard"].settings  # the skipped change left out
