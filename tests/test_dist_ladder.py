@@ -83,6 +83,15 @@ def test_cli_bad_rung_one_line_error_before_anything_runs(tmp_path, rungs, needl
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
+def test_cli_single_device_option_on_a_world_ladder_is_refused(tmp_path):
+    config = tmp_path / "dist.yaml"
+    config.write_text(yaml.safe_dump(_spec()))
+    proc = python(["launch/ladder.py", "--config", str(config), "--only", "zero2", "--out", str(tmp_path / "out" / "x")],
+                  check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --only") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def _recorded(run_dir: Path, rung: str, step: int) -> dict[tuple[str, str], int]:
     out = {}
     for line in (run_dir / rung / "ranks" / "rank0" / "collectives.jsonl").read_text().splitlines():

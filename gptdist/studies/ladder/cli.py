@@ -66,6 +66,10 @@ def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
     from gptdist.studies.ladder import dist as dist_ladder
     from gptdist.studies.ladder.report import dist_plot, dist_to_markdown
 
+    unused = [flag for flag, value in (("--only", args.only), ("--traces", args.traces), ("--sequential", args.sequential),
+                                       ("--threads", args.threads), ("--peak-flops", args.peak_flops)) if value]
+    if unused:  # the rungs are trainer runs, one after the other: these single-device options mean nothing here
+        raise ConfigError(f"{', '.join(unused)}: not an option of a `world:` ladder (it takes --steps, --out, --run-dir, --note)")
     device = torch.device("cpu" if args.device == "auto" else args.device)
     opts = dist_ladder.DistLadderOptions(steps=args.steps, device=device.type)
     if args.worker_out:
