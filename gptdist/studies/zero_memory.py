@@ -144,15 +144,18 @@ def _synthetic_data(folder: Path, vocab: int, tokens: int = 200_000) -> Path:
     return folder
 
 
-def compare_run(label: str, overrides: dict[str, Any], ctx: DistContext, out_dir: Path) -> Optional[dict[str, Any]]:
+def compare_run(label: str, overrides: dict[str, Any], ctx: DistContext, out_dir: Path,
+                after_fit=None) -> Optional[dict[str, Any]]:
     """One instrumented training run through the real trainer; rank 0 returns step time, exposed comm
-    (median and p95 over steps after the first) and the recorder's bytes per step by collective."""
+    (median and p95 over steps after the first) and the recorder's bytes per step by collective.
+    `after_fit(trainer)`, called on every rank before the trainer closes: its value is returned as "memory"."""
     from gptdist.trainer import Trainer
 
     cfg = build_config(None, dict(overrides, **{"log.run_name": label, "log.out_dir": str(out_dir)}))
     trainer = Trainer(cfg, ctx)
     try:
         summary = trainer.fit()
+        extra = after_fit(trainer) if after_fit is not None else None
     finally:
         trainer.close()
     if not ctx.is_main:
@@ -168,7 +171,7 @@ def compare_run(label: str, overrides: dict[str, Any], ctx: DistContext, out_dir
     return {
         "label": label, "step_ms": stats["step_ms"], "comm_ms": stats["comm_ms"], "exposed_ms": stats["exposed_ms"],
         "overlap": stats["overlap"], "bytes_per_step": {op: b / timed_steps for op, b in sorted(per_op.items())},
-        "losses": summary["losses"],
+        "losses": summary["losses"], **({"memory": extra} if after_fit is not None else {}),
     }
 
 

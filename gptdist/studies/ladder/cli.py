@@ -42,6 +42,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--name", help="run name (trace folder); default: the ladder file's name and a timestamp")
     p.add_argument("--out", help="write OUT.json, OUT.md and OUT.png")
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section of OUT.md")
+    p.add_argument("--run-dir", default="runs/dist_ladder", help="run folders of a `world:` ladder (not committed)")
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)  # a rank of a `world:` ladder's torchrun job
     args, rest = p.parse_known_args(argv)
     args.overrides = rest
     return args
@@ -57,10 +59,40 @@ def baseline_overrides(argv: list[str]) -> dict[str, Any]:
     return {key: value.parsed if not isinstance(value.parsed, str) else str(value) for key, value in overrides}
 
 
+def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
+    """A ladder with `world: N`: checked here, then one torchrun job of N ranks (this script again)."""
+    import torch
+
+    from gptdist.studies.ladder import dist as dist_ladder
+    from gptdist.studies.ladder.report import dist_plot, dist_to_markdown
+
+    unused = [flag for flag, value in (("--only", args.only), ("--traces", args.traces), ("--sequential", args.sequential),
+                                       ("--threads", args.threads), ("--peak-flops", args.peak_flops)) if value]
+    if unused:  # the rungs are trainer runs, one after the other: these single-device options mean nothing here
+        raise ConfigError(f"{', '.join(unused)}: not an option of a `world:` ladder (it takes --steps, --out, --run-dir, --note)")
+    device = torch.device("cpu" if args.device == "auto" else args.device)
+    opts = dist_ladder.DistLadderOptions(steps=args.steps, device=device.type)
+    if args.worker_out:
+        dist_ladder.worker(ladder, opts, Path(args.run_dir), Path(args.worker_out))
+        return 0
+    if not args.out:
+        raise ConfigError("a `world:` ladder writes its report: give --out")
+    result = dist_ladder.launch(args.config, argv, ladder.world, Path(args.out), Path(args.run_dir))
+    result["notes"] = args.note
+    result["provenance"]["command"] = result["command"]  # the user's command, not the torchrun worker's
+    markdown = dist_to_markdown(result, args.note)
+    out = write_outputs(Path(args.out), result, markdown)
+    dist_plot(result, out.with_suffix(".png"))
+    print(markdown)
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         ladder = load_ladder(args.config, baseline_overrides(args.overrides))
+        if ladder.world is not None:
+            return _main_dist(ladder, args, argv if argv is not None else sys.argv[1:])
         name = args.name or f"{Path(args.config).stem}_{dt.datetime.now():%Y%m%d_%H%M%S}"
         traces = None if args.traces is None else (args.traces or str(Path("traces") / "ladder" / name))
         opts = LadderOptions(

@@ -18,6 +18,12 @@ def _change_text(row: dict) -> str:
     return f"`{row['change']['key']}={row['change']['value']}`"
 
 
+def _row_head(i: int, r: dict) -> str:
+    """The first three cells of a rung's table row: index, name (side rungs say where from), change."""
+    name = r["name"] + (f" (side, from {r['parent']})" if r["side"] else "")
+    return f"| {i} | {name} | {_change_text(r)} |"
+
+
 def _x(s: Optional[dict]) -> str:
     return "" if s is None else f"{s['tokens_per_s_ratio']:.2f}x"
 
@@ -41,16 +47,15 @@ def to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(result["rungs"]):
-        name = r["name"] + (f" (side, from {r['parent']})" if r["side"] else "")
         if r["status"] != "ok":
-            lines.append(f"| {i} | {name} | {_change_text(r)} | | {r['status']}: {r['reason']} | | | | | | |")
+            lines.append(f"{_row_head(i, r)} | {r['status']}: {r['reason']} | | | | | | |")
             continue
         m = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
         prev = _x(r["speedup_vs_previous"])
         if r["speedup_vs_previous"] and r["speedup_vs_previous"]["vs"] != r["parent"]:
             prev += f" (vs {r['speedup_vs_previous']['vs']})"
         lines.append(
-            f"| {i} | {name} | {_change_text(r)} | {r['batch_size']} | {r['step_ms_median']:.1f} | "
+            f"{_row_head(i, r)} {r['batch_size']} | {r['step_ms_median']:.1f} | "
             f"{r['step_ms_p10']:.1f}-{r['step_ms_p90']:.1f} | {r['tokens_per_s']:,.0f} | {m} | "
             f"{_mib(r['memory'].get('peak_bytes'))} | {prev} | {_x(r['speedup_vs_baseline'])} |"
         )
@@ -131,6 +136,76 @@ def plot(result: dict[str, Any], path: Path) -> None:
     where = hw.get("gpu_model") or f"{hw['cpu_model']} ({hw['torch_threads']} threads)"
     ax.set_title(f"Optimisation ladder on {where}\nlabels: throughput (tokens/s) over the baseline; "
                  "hatched: side rungs", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The distributed ladder (`world: N`, gptdist/studies/ladder/dist.py)
+
+
+def _bytes_text(per_op: dict[str, float]) -> str:
+    return ", ".join(f"{op} {b / 1024:,.1f}" for op, b in sorted(per_op.items())) or "none"
+
+
+def dist_to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
+    lines = [
+        f"# Distributed ladder at {result['world_size']} ranks",
+        "",
+        readme_header(result["provenance"]).rstrip("\n"),
+        f"- ladder: `{result['ladder_file']}`; {result['options']['steps']} timed steps per rung (after the "
+        "instrument's skipped first steps), one rung after the other in one torchrun job",
+        f"- bytes (KiB per rank per step): {result['bytes_definition']}",
+        f"- memory: {result['memory_definition']}",
+        f"- speed-up: {result['speedup_definition']}",
+        "",
+        "| # | rung | change | step ms median (p95) | exposed comm ms | recorder KiB/step | analytic KiB/step "
+        "| storage KiB rank 0 | loss after K | vs previous | memory saved vs previous |",
+        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(result["rungs"]):
+        if r["status"] != "ok":
+            lines.append(f"{_row_head(i, r)} {r['status']}: {r['reason']} | | | | | | | |")
+            continue
+        s, e = r["step_ms"], r["exposed_ms"]
+        prev = f"{r['speedup_vs_previous']:.2f}x" if "speedup_vs_previous" in r else ""
+        if prev and r["compare_to"] != r["parent"]:
+            prev += f" (vs {r['compare_to']})"
+        saved = f"{r['memory_saving_vs_previous_bytes'] / 1024:,.1f} KiB" if "memory_saving_vs_previous_bytes" in r else ""
+        lines.append(
+            f"{_row_head(i, r)} {s['median']:.1f} ({s['p95']:.1f}) | {e['median']:.1f} | "
+            f"{_bytes_text(r['bytes_per_step'])} | {_bytes_text(r['analytic_bytes_per_step'])} | "
+            f"{r['memory'][0]['total'] / 1024:,.1f} | {r['final_loss']:.4f} | {prev} | {saved} |")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def dist_plot(result: dict[str, Any], path: Path) -> None:
+    """Two panels per rung: median step ms (exposed communication hatched) and storage MiB on rank 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rungs"]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(rows) + 3), 4.8))
+    for i, r in enumerate(rows):
+        if r["status"] != "ok":
+            for ax in (ax_t, ax_m):
+                ax.text(i, 0, r["status"], ha="center", va="bottom", fontsize=8, color="grey", rotation=90)
+            continue
+        step, exposed = r["step_ms"]["median"], min(r["exposed_ms"]["median"], r["step_ms"]["median"])
+        ax_t.bar(i, step - exposed, color="#2b6cb0")
+        ax_t.bar(i, exposed, bottom=step - exposed, color="#d9822b", hatch="//")
+        ax_m.bar(i, r["memory"][0]["total"] / 2**20, color="#2f855a")
+    for ax, label in ((ax_t, "median step ms (hatched: exposed comm)"), (ax_m, "storage per rank, MiB (rank 0)")):
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+    fig.suptitle(f"Distributed ladder, {result['world_size']} ranks ({result['hardware'].get('cpu_model', '')})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

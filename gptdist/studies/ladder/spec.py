@@ -20,8 +20,10 @@ from gptdist.studies.throughput import BenchSettings
 # changes nothing, so it is refused.
 RUNNER_KEYS = ("data.batch_size", "data.seq_len", "train.dtype", "train.tf32", "train.compile",
                "train.fused_adamw", "train.seed")
-NEEDS = {"cuda": "needs CUDA"}
-SPEC_KEYS = {"extends", "base", "rungs", "side_rungs"}
+NEEDS = {"cuda": "needs CUDA", "nccl": "needs NCCL (gloo cannot reduce bf16)"}
+SPEC_KEYS = {"extends", "base", "rungs", "side_rungs", "world"}
+# A ladder that names a world size (`world: N`, run by gptdist.studies.ladder.dist) also changes the backend.
+DIST_KEYS = ("backend", "parallel.")
 RUNG_KEYS = {"name", "set", "from", "needs", "why"}
 
 
@@ -31,7 +33,19 @@ def _read_key(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def _check_key(key: str, where: str) -> None:
+def config_view(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings the config sees: a distributed ladder's `parallel.<name>.*` options of backends other than
+    the rung's are kept for the rungs that switch to them, but the config refuses them, so they are left out."""
+    backend = settings.get("backend")
+    if backend is None:
+        return settings
+    return {k: v for k, v in settings.items()
+            if not k.startswith("parallel.") or k.startswith(f"parallel.{backend}.")}
+
+
+def _check_key(key: str, where: str, dist: bool = False) -> None:
+    if dist and (key == "backend" or key.startswith("parallel.")):
+        return
     if not (key.startswith("model.") or key in RUNNER_KEYS):
         raise ConfigError(f"{where}: {key!r} is not a setting the ladder runner reads "
                           f"(model.*, {', '.join(RUNNER_KEYS)})")
@@ -56,6 +70,7 @@ class Rung:
 class Ladder:
     rungs: list[Rung]  # the main ladder in order, then the side rungs
     source: str = ""
+    world: Optional[int] = None  # ranks of the distributed ladder; None: the single-device ladder
 
     def get(self, name: str) -> Rung:
         for rung in self.rungs:
@@ -74,20 +89,21 @@ class Ladder:
 def apply_change(settings: dict[str, Any], key: str, value: Any, where: str, allow_noop: bool = False) -> dict:
     """`settings` plus one change, checked: a key the runner reads, a valid value, a real change.
     A value "xK" on an integer setting means K times the current value."""
-    _check_key(key, where)
-    before = build_config(None, settings)
+    _check_key(key, where, dist="backend" in settings)
+    before = build_config(None, config_view(settings))
     try:
-        old = _read_key(before, key)
+        old = settings[key] if key in settings else _read_key(before, key)
     except AttributeError:
-        build_config(None, {**settings, key: value})  # raises the config's own "unknown key ... did you mean"
+        build_config(None, config_view({**settings, key: value}))  # raises the config's own "unknown key ... did you mean"
         raise
     if isinstance(value, str) and re.fullmatch(r"x\d+", value):
         if not isinstance(old, int) or isinstance(old, bool):
             raise ConfigError(f"{where}: {value!r} scales an integer setting, but {key} is {old!r}")
         value = old * int(value[1:])
     new = {**settings, key: value}
-    after = build_config(None, new)  # strict: unknown keys, wrong types and impossible shapes raise here
-    new[key] = _read_key(after, key)  # the coerced value (e.g. 1 -> 1.0 for a float)
+    after = build_config(None, config_view(new))  # strict: unknown keys, wrong types and impossible shapes raise here
+    if key in config_view(new):
+        new[key] = _read_key(after, key)  # the coerced value (e.g. 1 -> 1.0 for a float)
     if new[key] == old and not allow_noop:
         raise ConfigError(f"{where}: {key} is already {old!r}; a rung must change exactly one setting")
     return new
@@ -107,6 +123,7 @@ def _load_spec(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             "base": {**parent.get("base", {}), **(data.get("base") or {})},
             "rungs": data.get("rungs", parent.get("rungs")),
             "side_rungs": data.get("side_rungs", parent.get("side_rungs")),
+            **({"world": data.get("world", parent.get("world"))} if "world" in data or "world" in parent else {}),
         }
     return data
 
@@ -117,10 +134,16 @@ def compose_ladder(spec: dict[str, Any], base_overrides: Optional[dict[str, Any]
     if not isinstance(base, dict):
         raise ConfigError(f"{source}: `base` must be a mapping of dotted settings")
     base.update(base_overrides or {})
+    world = spec.get("world")
+    if world is not None:
+        if not isinstance(world, int) or isinstance(world, bool) or world < 2:
+            raise ConfigError(f"{source}: `world` must be an integer >= 2, not {world!r}")
+        if "backend" not in base:
+            raise ConfigError(f"{source}: a ladder with `world` names its baseline's `backend` in `base`")
     for key in base:
-        _check_key(key, f"{source} base")
-    base_cfg = build_config(None, base)
-    base = {key: _read_key(base_cfg, key) for key in base}
+        _check_key(key, f"{source} base", dist=world is not None)
+    base_cfg = build_config(None, config_view(base))
+    base = {key: _read_key(base_cfg, key) if key in config_view(base) else value for key, value in base.items()}
     main, side = spec.get("rungs") or [], spec.get("side_rungs") or []
     if not isinstance(main, list) or not isinstance(side, list) or not main:
         raise ConfigError(f"{source}: `rungs` must be a non-empty list (and `side_rungs` a list)")
@@ -160,11 +183,20 @@ def compose_ladder(spec: dict[str, Any], base_overrides: Optional[dict[str, Any]
             if not isinstance(change_spec, dict) or len(change_spec) != 1:
                 raise ConfigError(f"{where}: `set` must name exactly one change, e.g. set: {{train.compile: true}}")
             (key, value), = change_spec.items()
-            settings = apply_change(by_name[parent].settings, key, value, where)
+            try:
+                settings = apply_change(by_name[parent].settings, key, value, where)
+            except ConfigError as exc:
+                # The config refuses bf16 communication where gloo is all there is; a rung marked `needs: nccl`
+                # is then only reported as skipped, and checked on a machine where it runs.
+                # (The rungs after it too: plan_ladder re-checks every rung that runs, without that change.)
+                after_nccl = needs == "nccl" or any(r.needs == "nccl" for r in Ladder(rungs).chain(parent))
+                if not (after_nccl and "NCCL" in str(exc)):
+                    raise
+                settings = {**by_name[parent].settings, key: value}
             rung = Rung(name, settings, parent, (key, settings[key]), needs, str(item.get("why", "")), is_side)
         rungs.append(rung)
         by_name[name] = rung
-    return Ladder(rungs, source)
+    return Ladder(rungs, source, world)
 
 
 def load_ladder(path: str | Path, base_overrides: Optional[dict[str, Any]] = None) -> Ladder:
@@ -186,8 +218,8 @@ class PlannedRung:
 
 def plan_ladder(ladder: Ladder, device: torch.device, only: Optional[set[str]] = None) -> list[PlannedRung]:
     def cannot_run(rung: Rung) -> Optional[str]:
-        if rung.needs == "cuda" and device.type != "cuda":
-            return f"{NEEDS['cuda']} (this run is on {device.type})"
+        if rung.needs in NEEDS and device.type != "cuda":
+            return f"{NEEDS[rung.needs]} (this run is on {device.type})"
         return None
 
     def skip_reason(rung: Rung) -> Optional[str]:
@@ -203,8 +235,10 @@ def plan_ladder(ladder: Ladder, device: torch.device, only: Optional[set[str]] =
         for ancestor in chain[1:]:
             # A change this device cannot make is left out of the rungs after it; a rung merely not
             # selected (--only) keeps its change, so that every selected rung is what the file says.
-            if cannot_run(ancestor) is None or ancestor is rung:
+            if cannot_run(ancestor) is None:
                 settings = apply_change(settings, *ancestor.change, where=ancestor.name, allow_noop=True)
+            elif ancestor is rung:  # skipped here: shown with its change, not checked against this machine
+                settings = {**settings, ancestor.change[0]: ancestor.change[1]}
         for ancestor in reversed(chain[:-1]):
             if skip_reason(ancestor) is None:
                 compare_to = ancestor.name
