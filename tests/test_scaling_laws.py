@@ -190,6 +190,26 @@ def test_resumed_sweep_retrains_nothing(tmp_path):
     logged = [json.loads(line) for line in (out / "sweep_log.jsonl").read_text().splitlines()]
     assert len(logged) == 2 and [r["wall_s"] for r in records] == [line["wall_s"] for line in logged]
 
+    # Two job slots: both runs train at once (each launched before the other ended) and end exactly where the
+    # one-at-a-time sweep above ended (same seeds, 1 thread each).
+    together = run_sweep(second, tmp_path / "sweep2", progress=False, jobs=2)
+    assert [r["val_loss"] for r in together] == [r["val_loss"] for r in records]
+    launched = [json.loads(line) for line in (tmp_path / "sweep2" / "sweep_log.jsonl").read_text().splitlines()]
+    assert len(launched) == 2 and all(a["start"] < b["start"] + b["wall_s"] for a in launched for b in launched)
+
+
+def test_job_slots_get_their_own_gpus_and_bad_job_counts_are_refused(tmp_path):
+    from gptdist.studies.scaling_laws.sweep import slot_devices
+
+    assert slot_devices(0, None) is None  # every job sees every device
+    assert [slot_devices(s, 1) for s in range(3)] == ["0", "1", "2"]
+    assert [slot_devices(s, 4) for s in range(2)] == ["0,1,2,3", "4,5,6,7"]
+    data = make_token_dataset(tmp_path / "data", vocab=64)
+    for kwargs, message in (({"jobs": 0}, "jobs must be at least 1"), ({"gpus_per_job": 0}, "gpus_per_job")):
+        with pytest.raises(SweepError, match=message):
+            run_sweep(spec_from_dict(spec_dict(data)), tmp_path / "never", progress=False, **kwargs)
+    assert not (tmp_path / "never").exists()
+
 
 def _tiny_dataset(folder: Path, train: list[int], val: list[int], vocab: int) -> Path:
     from gptdist.data.shards import write_shard

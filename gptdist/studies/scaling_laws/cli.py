@@ -32,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "plan":
             s.add_argument("--skip-data-check", action="store_true", help="plan without the data set (e.g. for a GPU recipe)")
         if name == "run":
-            s.add_argument("--no-progress", action="store_true")
-            s.add_argument("--no-report", action="store_true")
+            s.add_argument("--jobs", type=int, default=1,
+                           help="runs trained at once (default 1): e.g. 2 on a 2-core CPU, 8 on 8 GPUs with --gpus-per-job 1")
+            s.add_argument("--gpus-per-job", type=int, default=None,
+                           help="give job slot i CUDA_VISIBLE_DEVICES i*K..i*K+K-1 (default: every job sees every GPU)")
+            s.add_argument("--no-progress", action="store_true", help="no progress bar")
+            s.add_argument("--no-report", action="store_true", help="train only; fit and report later with `report`")
     r = sub.add_parser("report", help="fit results.json and write plots, fits.json and report.md")
     r.add_argument("--out", required=True, help="sweep folder holding results.json")
     r.add_argument("--to", default=None, help="where the report goes (default: the sweep folder)")
@@ -68,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"{len(runs)} runs, {sum(r.flops for r in runs):.3e} FLOPs in all"
                   + (" (data set not checked)" if getattr(args, "skip_data_check", False) else ""))
             return
-        records = run_sweep(spec, args.out, progress=not args.no_progress)
+        records = run_sweep(spec, args.out, progress=not args.no_progress, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         failed = [r["name"] for r in records if r["status"] != "done"]
         print(f"{len(records) - len(failed)} of {len(records)} runs done" + (f"; failed: {', '.join(failed)}" if failed else ""))
         if args.no_report:

@@ -3,7 +3,7 @@ with its own run folder under <out>/runs/<name>.
 
 Resumable: a run whose summary.json says it reached its planned steps is skipped; any other run is
 launched with `--checkpoint.resume=auto`, so an interrupted one continues from its last checkpoint.
-One tqdm bar counts FLOPs (done runs count at once; a running run advances as its metrics.jsonl grows),
+`jobs` runs train at once (each job slot its own GPUs when asked). One tqdm bar counts FLOPs (done runs count at once; a running run advances as its metrics.jsonl grows),
 so its ETA weighs big runs properly. A failed run is reported by name and the sweep goes on.
 
 <out>/plan.json       the plan (what each run is)
@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -82,11 +83,14 @@ def command(spec: SweepSpec, run: PlannedRun, out_dir: Path) -> list[str]:
     return [sys.executable, *args]
 
 
-def _launch(cmd: list[str], folder: Path, on_steps: Callable[[int], None]) -> tuple[int, str]:
+def _launch(cmd: list[str], folder: Path, on_steps: Callable[[int], None],
+            visible_devices: Optional[str] = None) -> tuple[int, str]:
     """Run one training process; call on_steps(steps done) while it runs. Returns (code, last stderr lines)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
+    if visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices
     folder.parent.mkdir(parents=True, exist_ok=True)
     log_path = folder.parent / f"{folder.name}.stderr"
     with open(log_path, "w") as err, open(os.devnull, "w") as out:
@@ -100,6 +104,13 @@ def _launch(cmd: list[str], folder: Path, on_steps: Callable[[int], None]) -> tu
         on_steps(read_run(folder)["steps"])
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     return code, lines[-1] if lines else ""
+
+
+def slot_devices(slot: int, gpus_per_job: Optional[int]) -> Optional[str]:
+    """CUDA_VISIBLE_DEVICES of job slot `slot` (0-based): its own gpus_per_job devices; None: inherit."""
+    if gpus_per_job is None:
+        return None
+    return ",".join(str(slot * gpus_per_job + i) for i in range(gpus_per_job))
 
 
 def record(out_dir: Path, run: PlannedRun, status: str, error: str = "") -> dict[str, Any]:
@@ -119,10 +130,18 @@ def launch_walls(out_dir: Path) -> dict[str, float]:
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, progress: bool = True,
-              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict[str, Any]]:
-    """Run every planned run not yet done; return one record per run (status done/failed)."""
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+              jobs: int = 1, gpus_per_job: Optional[int] = None) -> list[dict[str, Any]]:
+    """Run every planned run not yet done, `jobs` of them at once; return one record per run (done/failed).
+
+    jobs > 1 suits hardware with room for several runs (2 CPU cores and 1-thread runs; 8 GPUs and 1-GPU runs,
+    with gpus_per_job=1 giving each job slot its own CUDA_VISIBLE_DEVICES)."""
     from tqdm import tqdm
 
+    if jobs < 1:
+        raise SweepError(f"jobs must be at least 1, got {jobs}")
+    if gpus_per_job is not None and gpus_per_job < 1:
+        raise SweepError(f"gpus_per_job must be at least 1, got {gpus_per_job}")
     out_dir = Path(out_dir)
     runs, notes = checked_plan(spec)  # raises before anything runs
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,36 +154,69 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, progress: bool = True,
     logged_wall = launch_walls(out_dir)
     total = sum(r.flops for r in runs)
     bar = tqdm(total=total, unit="FLOP", unit_scale=True, disable=not progress, desc=spec.name, dynamic_ncols=True)
-    try:
-        for run in runs:
-            if is_done(out_dir, run):
-                bar.update(run.flops)
-                wall = records.get(run.name, {}).get("wall_s") or logged_wall.get(run.name)  # the log: run by another process
-                records[run.name] = {**record(out_dir, run, "done"), "wall_s": wall}
-                continue
-            per_step = run.flops / run.steps
-            counted = [0]
+    lock = threading.Lock()  # guards bar, records and the files below: job threads finish in any order
+    running: set[str] = set()
 
-            def on_steps(steps: int, run=run, per_step=per_step, counted=counted) -> None:
-                steps = min(steps, run.steps)
+    def write_results() -> None:
+        results_path.write_text(json.dumps({"spec": spec.name, "runs": [records[r.name] for r in runs if r.name in records]},
+                                           indent=1))
+
+    def train(run: PlannedRun, slot: int) -> None:
+        per_step = run.flops / run.steps
+        counted = [0]
+
+        def on_steps(steps: int) -> None:
+            steps = min(steps, run.steps)
+            with lock:
                 bar.update((steps - counted[0]) * per_step)
                 counted[0] = steps
 
-            bar.set_postfix_str(run.name)
-            t0 = time.time()
-            code, last_line = _launch(command(spec, run, out_dir), run_dir(out_dir, run), on_steps)
-            wall = time.time() - t0
+        with lock:
+            running.add(run.name)
+            bar.set_postfix_str(", ".join(sorted(running)))
+        t0 = time.time()
+        code, last_line = _launch(command(spec, run, out_dir), run_dir(out_dir, run), on_steps,
+                                  slot_devices(slot, gpus_per_job))
+        wall = time.time() - t0
+        done = code == 0 and is_done(out_dir, run)
+        with lock:
+            running.discard(run.name)
             with open(out_dir / "sweep_log.jsonl", "a") as f:
                 f.write(json.dumps({"run": run.name, "start": t0, "wall_s": wall, "returncode": code}) + "\n")
-            done = code == 0 and is_done(out_dir, run)
             if not done:
                 log(f"run {run.name} failed (exit {code}): {last_line}")
                 bar.update(run.flops - counted[0] * per_step)  # the bar still reaches the end
             prior_wall = records.get(run.name, {}).get("wall_s") or 0.0
             records[run.name] = {**record(out_dir, run, "done" if done else "failed", "" if done else last_line),
                                  "wall_s": prior_wall + wall}
-            results_path.write_text(json.dumps({"spec": spec.name, "runs": [records[r.name] for r in runs if r.name in records]},
-                                               indent=1))
+            write_results()
+
+    todo = []
+    for run in runs:
+        if is_done(out_dir, run):
+            bar.update(run.flops)
+            wall = records.get(run.name, {}).get("wall_s") or logged_wall.get(run.name)  # the log: run by another process
+            records[run.name] = {**record(out_dir, run, "done"), "wall_s": wall}
+        else:
+            todo.append(run)
+    if jobs > 1:  # longest first (FLOPs, then steps), so the last run to start is a short one
+        todo.sort(key=lambda r: (r.flops, r.steps), reverse=True)
+    queue = list(reversed(todo))  # pop() takes them in that order
+
+    def job_slot(slot: int) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                run = queue.pop()
+            train(run, slot)
+
+    try:
+        threads = [threading.Thread(target=job_slot, args=(slot,), daemon=True) for slot in range(min(jobs, len(todo)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     finally:
         bar.close()
     ordered = [records[r.name] for r in runs]
