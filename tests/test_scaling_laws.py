@@ -236,3 +236,15 @@ def test_truncate_vocabulary_and_unigram_yardstick(tmp_path):
     # val [1, 0, 2, 2] -> -(ln 21/63 + ln 31/63 + 2 ln 11/63) / 4.
     expected = -(math.log(21 / 63) + math.log(31 / 63) + 2 * math.log(11 / 63)) / 4
     assert unigram_loss(tmp_path / "cut") == pytest.approx(expected, rel=1e-12)
+
+
+def test_report_gives_each_run_its_epochs_of_the_train_split():
+    from gptdist.studies.scaling_laws.report import markdown
+
+    run = {"name": "C8e11-L1-d8", "params": 9080, "tokens": 11_981_312, "flops": 8.0e11, "steps": 23401,
+           "val_loss": 3.5, "train_loss": 3.4, "status": "done"}
+    nothing = {"runs_used": 1, "runs_missing": [], "parametric": {"reason": "one run"},
+               "isoflop": {"parabolas": [], "budgets_without_minimum": [], "power_laws": None}}
+    # 11,981,312 / 4,264,780 train tokens = 2.809... epochs
+    assert "| 9,080 | 11,981,312 | 2.81 | 8.000e+11 |" in markdown("t", [run], nothing, [], None, 4_264_780)
+    assert "| 9,080 | 11,981,312 | - | 8.000e+11 |" in markdown("t", [run], nothing, [], None, None)

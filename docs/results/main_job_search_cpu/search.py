@@ -39,9 +39,11 @@ BASELINE = "base_lr1e-3"  # the main job's config before this search
 # Same tokenizer (GPT-2 BPE, vocab padded to 50304) for all; shape, batch and learning rate vary.
 CANDIDATES = {
     "base_lr1e-3": dict(n_layer=4, n_head=4, n_embd=256, batch_size=8, seq_len=128, lr=1e-3),
-    "base_lr3e-3": dict(n_layer=4, n_head=4, n_embd=256, batch_size=8, seq_len=128, lr=3e-3),
-    "L2_E256_B8_lr3e-3": dict(n_layer=2, n_head=4, n_embd=256, batch_size=8, seq_len=128, lr=3e-3),
+    "L4_E256_B8_lr2e-3": dict(n_layer=4, n_head=4, n_embd=256, batch_size=8, seq_len=128, lr=2e-3),
+    "L4_E128_B8_lr3e-3": dict(n_layer=4, n_head=4, n_embd=128, batch_size=8, seq_len=128, lr=3e-3),
     "L4_E128_B16_lr3e-3": dict(n_layer=4, n_head=4, n_embd=128, batch_size=16, seq_len=128, lr=3e-3),
+    "L2_E128_B8_lr3e-3": dict(n_layer=2, n_head=4, n_embd=128, batch_size=8, seq_len=128, lr=3e-3),
+    "L4_E64_B8_lr6e-3": dict(n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=128, lr=6e-3),
 }
 
 

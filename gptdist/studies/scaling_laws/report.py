@@ -141,24 +141,47 @@ def _unconstrained(part: dict) -> list[str]:
     return out
 
 
-def unigram_baseline(sweep_dir: Path, records: list[dict]) -> Optional[float]:
-    """The unigram loss of the sweep's data (read from a run's config.yaml), or None if it can't be read."""
+def sweep_data_dir(sweep_dir: Path, records: list[dict]) -> Optional[str]:
+    """The data folder the sweep's runs trained on (read from a run's config.yaml), or None."""
     import yaml
-
-    from gptdist.errors import DataError
-    from gptdist.studies.scaling_laws.vocab import unigram_loss
 
     for r in records:
         config = sweep_dir / "runs" / r["name"] / "config.yaml"
         if config.is_file():
             try:
-                return unigram_loss(yaml.safe_load(config.read_text())["data"]["dir"])
-            except (DataError, OSError, KeyError):
+                return yaml.safe_load(config.read_text())["data"]["dir"]
+            except (OSError, KeyError, TypeError):
                 return None
     return None
 
 
-def markdown(spec_name: str, records: list[dict], result: dict, figures: list[str], unigram: Optional[float] = None) -> str:
+def unigram_baseline(data_dir: Optional[str]) -> Optional[float]:
+    """The unigram val loss of the sweep's data, or None if it can't be read."""
+    from gptdist.errors import DataError
+    from gptdist.studies.scaling_laws.vocab import unigram_loss
+
+    try:
+        return unigram_loss(data_dir) if data_dir else None
+    except (DataError, OSError):
+        return None
+
+
+def train_split_tokens(data_dir: Optional[str]) -> Optional[int]:
+    """Tokens in the data's train split (for the epochs each run saw), or None if it can't be read."""
+    from gptdist.data.loader import load_manifest
+    from gptdist.errors import DataError
+
+    try:
+        manifest = load_manifest(data_dir) if data_dir else None
+    except (DataError, OSError):
+        return None
+    return sum(int(e["tokens"]) for e in manifest["shards"] if e.get("split") == "train") if manifest else None
+
+
+def markdown(spec_name: str, records: list[dict], result: dict, figures: list[str], unigram: Optional[float] = None,
+             train_tokens: Optional[int] = None) -> str:
+    """The report. train_tokens (the train split's size) adds each run's epochs: a run past one epoch saw
+    repeated data, and its train loss (the last step's batch, so noisy) below its val loss would show it."""
     iso, par = result["isoflop"], result["parametric"]
     lines = [f"# Scaling-law sweep `{spec_name}`", "",
              f"{result['runs_used']} runs used; missing (failed or unfinished): "
@@ -166,12 +189,14 @@ def markdown(spec_name: str, records: list[dict], result: dict, figures: list[st
              *([f"Yardsticks: a uniform guess over the vocabulary scores ln V; knowing only token frequencies "
                 f"(the train split's unigram distribution) scores **{unigram:.4f}** on the val split.", ""]
                if unigram is not None else []),
-             "| run | N | D (tokens) | C (FLOPs) | steps | final val loss | final train loss | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| run | N | D (tokens) | epochs | C (FLOPs) | steps | final val loss | final train loss | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         val = f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"
         train = f"{r['train_loss']:.4f}" if r.get("train_loss") is not None else "-"
-        lines.append(f"| {r['name']} | {r['params']:,} | {r['tokens']:,} | {r['flops']:.3e} | {r['steps']} | {val} | {train} | {r['status']} |")
+        epochs = f"{r['tokens'] / train_tokens:.2f}" if train_tokens else "-"
+        lines.append(f"| {r['name']} | {r['params']:,} | {r['tokens']:,} | {epochs} | {r['flops']:.3e} | {r['steps']} | {val} "
+                     f"| {train} | {r['status']} |")
     lines += ["", "## Approach 2: IsoFLOP parabolas", ""]
     if iso["parabolas"]:
         lines += ["| budget C | N_opt | D_opt | loss at minimum |", "|---:|---:|---:|---:|"]
@@ -240,8 +265,9 @@ def write_report(sweep_dir: str | Path, to: Optional[str | Path] = None, bootstr
                   title=f"Runs at the largest budget, C = {largest:.1e}")
         figures.append("loss_curves.png")
     path = to / "report.md"
-    unigram = unigram_baseline(sweep_dir, records)
+    data_dir = sweep_data_dir(sweep_dir, records)
+    unigram = unigram_baseline(data_dir)
     result["unigram_val_loss"] = unigram
     (to / "fits.json").write_text(json.dumps(result, indent=1) + "\n")
-    path.write_text(markdown(results.get("spec", ""), records, result, figures, unigram))
+    path.write_text(markdown(results.get("spec", ""), records, result, figures, unigram, train_split_tokens(data_dir)))
     return path
