@@ -66,6 +66,16 @@ class StepResult:
     period_ms: float = 0.0  # from the previous step's end to this one's (what throughput sees); see train_step
 
 
+_TRANSPORT_WORDS = ("nccl", "gloo", "connection", "timed out", "timeout", "socket", "peer", "closed", "broken pipe")
+
+
+def _mentions_transport(message: str) -> bool:
+    """Does an error's text speak of the process group's transport (gloo/NCCL, sockets, timeouts)? Older
+    torch raises a plain RuntimeError, not DistError, for a dead peer."""
+    text = message.lower()
+    return any(word in text for word in _TRANSPORT_WORDS)
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: DistContext):
         # Take SIGTERM from the very start: one that lands during start-up (building, resuming) is voted on
@@ -351,6 +361,8 @@ class Trainer:
                 raise
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             op = self.instr.recorder.in_flight()
+            if not (isinstance(e, dist.DistError) or op or _mentions_transport(str(e))):
+                raise  # a bug in this rank's own compute (a shape, a dtype): its traceback is what helps
             waiting = f", waiting on {op}" if op else ""
             raise GptdistError(
                 f"rank {self.ctx.rank}: collective failed at step {self.step + 1} during {self._phase}{waiting} "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from gptdist import flops
 from gptdist.config import batch_plan, build_config, resolve_model
@@ -119,6 +120,34 @@ def test_out_of_memory_says_so_with_the_batch(data_dir, tmp_path, monkeypatch):
     try:
         with pytest.raises(GptdistError, match=r"out of memory at step 1 .*micro-batch 4x32.*lower data.batch_size"):
             trainer.fit()
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("error, says_collective", [
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x32 and 33x32)"), False),
+    (RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:1234"), True),
+    (dist.DistError("NCCL communicator was aborted on rank 1"), True),
+])
+def test_only_transport_errors_under_a_group_are_called_collective_failures(data_dir, tmp_path, monkeypatch, error,
+                                                                           says_collective):
+    import dataclasses
+
+    trainer = Trainer(tiny(data_dir, tmp_path), init_distributed("cpu"))
+    trainer.ctx = dataclasses.replace(trainer.ctx, backend="gloo")  # as under a process group
+
+    def fails():
+        raise error
+
+    monkeypatch.setattr(trainer, "train_step", fails)
+    try:
+        if says_collective:
+            with pytest.raises(GptdistError, match=r"rank 0: collective failed at step 1 .*another rank may have died"):
+                trainer.fit()
+        else:  # a compute bug keeps its own type and traceback
+            with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes") as raised:
+                trainer.fit()
+            assert not isinstance(raised.value, GptdistError)
     finally:
         trainer.close()
 
