@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from gptdist.studies import alphabeta
-from gptdist.studies.alphabeta import OPS, busbw_factor
+from gptdist.instrument.bus_bandwidth import OPS, busbw_factor
 from gptdist.dist import DistContext, init_distributed, launched_by_torchrun, teardown
 from gptdist.errors import ConfigError, GptdistError
 

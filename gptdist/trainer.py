@@ -362,7 +362,7 @@ class Trainer:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             op = self.instr.recorder.in_flight()
             if not (isinstance(e, dist.DistError) or op or _mentions_transport(str(e))):
-                raise  # a bug in this rank's own compute (a shape, a dtype): its traceback is what helps
+                raise  # a bug in this rank's own compute (a shape, a dtype): its own message is what helps
             waiting = f", waiting on {op}" if op else ""
             raise GptdistError(
                 f"rank {self.ctx.rank}: collective failed at step {self.step + 1} during {self._phase}{waiting} "

@@ -56,7 +56,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from gptdist.studies.alphabeta import busbw_factor
+from gptdist.instrument.bus_bandwidth import busbw_factor
 from gptdist.instrument.device_clock import CudaClock, host_time
 from gptdist.instrument.timeline import Interval
 
