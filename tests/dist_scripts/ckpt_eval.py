@@ -17,12 +17,12 @@ from gptdist.config import build_config, resolve_model
 from gptdist.dist import distributed
 from gptdist.evaluate import validation_loss
 from gptdist.model import GPT
-from gptdist.parallel import parallelize
+from gptdist.parallel import needs_group, parallelize
 from gptdist.cli import exit_now
 
 backend, path, data_dir = sys.argv[1:4]
 cfg = build_config(None, {"backend": backend, "model.preset": "test", "data.dir": data_dir, "data.batch_size": 4, "data.seq_len": 32})
-with distributed("cpu", 120, need_group=backend != "none") as ctx:
+with distributed("cpu", 120, need_group=needs_group(backend)) as ctx:
     model = GPT(resolve_model(cfg))
     b = parallelize(model, cfg, ctx)
     optimizer = b.build_optimizer(cfg.train, ctx.device)
