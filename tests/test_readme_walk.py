@@ -43,7 +43,7 @@ SKIP = [
     (lambda w: w[0] == "bash" and any(x.startswith("launch/reproduce/") for x in w),
      "a whole measurement (cluster, root, many minutes); its parts are tested in tests/test_cluster*.py"),
     (lambda w: "launch/scaling_laws.py" in w and "run" in w,
-     "the whole CPU sweep (~15 min on prepared FineWeb data); tests/test_scaling_laws.py runs tiny sweeps"),
+     "the whole CPU sweep (~26 min on prepared FineWeb data); tests/test_scaling_laws.py runs tiny sweeps"),
     (lambda w: "launch/plot_runs.py" in w and any("runs/laws_cpu" in x for x in w),
      "plots the sweep's runs (see the line above); tests/test_run_plots.py runs the plotter"),
     (lambda w: "launch/zero_memory.py" in w,
