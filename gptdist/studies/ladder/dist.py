@@ -5,8 +5,11 @@ tokens, instrumented), one rung after the other in the same process group. Per r
 over ranks and steps after the skipped first ones), exposed communication, the recorder's bytes per step by
 collective beside the analytic count (`analytic_bytes`), storage per rank (parameters, gradient buffers and
 optimizer state counted from the tensors after the last step, `zero_memory.storage_bytes`) and the loss
-after the last step. A rung marked `needs: nccl` (bf16 gradient communication) is skipped on gloo with its
-reason; the same change without that mark is the config's one-line error before anything runs.
+after the last step. A rung marked `needs: nccl` is skipped off CUDA with its reason (gloo in torch 2.13
+reduces bf16, so bf16 gradient communication runs on the CPU too).
+
+A swept rung (`sweep:`, e.g. the bucket size) runs once per value; the value with the lowest median step
+time is the rung (its row holds every point) and is carried into every later rung (`plan_ladder(chosen=)`).
 
 Bytes follow nccl-tests' "size", as the recorder counts them (gptdist/instrument/recorder.py): the buffer of
 an all-reduce, the whole gathered output of an all-gather, the whole input of a reduce-scatter, per rank
@@ -66,6 +69,11 @@ class DistLadderOptions:
     device: str = "cpu"
 
 
+def best_point(points: list[dict[str, Any]]) -> int:
+    """Index of the sweep point with the lowest median step time (the first of equals)."""
+    return min(range(len(points)), key=lambda i: points[i]["step_ms"]["median"])
+
+
 def _rung_overrides(settings: dict[str, Any], opts: DistLadderOptions, data: Path, skip: int) -> dict[str, Any]:
     return {**settings, "data.dir": str(data), "train.max_steps": opts.steps + skip, "train.warmup_steps": 1,
             "train.device": opts.device, "eval.val_every": 0, "eval.sample_every": 0, "checkpoint.at_end": False,
@@ -77,12 +85,12 @@ def worker(ladder: Ladder, opts: DistLadderOptions, run_dir: Path, out: Path) ->
     import torch.distributed as dist
 
     from gptdist.dist import init_distributed, teardown
-    from gptdist.model import GPT
-    from gptdist.studies.zero_memory import _synthetic_data, compare_run, storage_bytes
+    from gptdist.studies.zero_memory import _synthetic_data
 
     ctx = init_distributed(opts.device, timeout_s=600, need_group=True)
     try:
         planned = plan_ladder(ladder, ctx.device)
+        chosen: dict[str, Any] = {}  # swept rung -> kept value
         first_cfg = build_config(None, config_view(planned[0].settings))
         data = run_dir / "data"
         if ctx.is_main:
@@ -90,33 +98,62 @@ def worker(ladder: Ladder, opts: DistLadderOptions, run_dir: Path, out: Path) ->
             _synthetic_data(data, resolve_model(first_cfg).vocab_size)
         dist.barrier()
         rows = []
-        for p in planned:
+        for i in range(len(ladder.rungs)):
+            p = plan_ladder(ladder, ctx.device, chosen=chosen)[i]  # with every earlier sweep's kept value
             row: dict[str, Any] = {
                 "name": p.rung.name, "side": p.rung.side, "parent": p.rung.parent, "why": p.rung.why,
                 "change": None if p.rung.change is None else {"key": p.rung.change[0], "value": p.rung.change[1]},
                 "needs": p.rung.needs, "compare_to": p.compare_to, "settings": p.settings,
                 "status": "skipped" if p.skip_reason else "ok", "reason": p.skip_reason,
             }
-            if p.skip_reason is None:
-                cfg = build_config(None, config_view(p.settings))
-                numel = sum(t.numel() for t in GPT(resolve_model(cfg)).parameters())
-
-                def memory(trainer) -> list[dict[str, int]]:
-                    per_rank: list[Any] = [None] * ctx.world_size
-                    dist.all_gather_object(per_rank, storage_bytes(trainer.backend.raw_model, trainer.optimizer))
-                    return per_rank
-
-                skip = cfg.instrument.summary_skip_steps
-                measured = compare_run(p.rung.name, _rung_overrides(config_view(p.settings), opts, data, skip), ctx, run_dir,
-                                       after_fit=memory)
+            if p.skip_reason is None and p.rung.sweep is None:
+                row.update(_run_rung(p.rung.name, p.settings, opts, ctx, data, run_dir) or {})
+            elif p.skip_reason is None:
+                sweep = p.rung.sweep
+                points = []
+                for value in sweep.values:
+                    settings = sweep.apply(p.settings, value)
+                    measured = _run_rung(f"{p.rung.name}_{value}", settings, opts, ctx, data, run_dir)
+                    points.append({"value": value, "settings": settings, **(measured or {})})
                 if ctx.is_main:
-                    row.update({"numel": numel, "analytic_bytes_per_step": analytic_bytes(p.settings, numel),
-                                "final_loss": measured["losses"][-1] if measured["losses"] else None, **measured})
+                    best = best_point(points)
+                    chosen[p.rung.name] = points[best]["value"]
+                    row.update({k: v for k, v in points[best].items() if k != "value"})
+                    row["change"] = {"key": sweep.key, "value": chosen[p.rung.name]}
+                    row["sweep"] = {"key": sweep.key, "also": list(sweep.also), "chosen": chosen[p.rung.name],
+                                    "rule": "lowest median step ms", "points": points}
+                chosen_list = [chosen.get(p.rung.name)]
+                dist.broadcast_object_list(chosen_list, src=0)  # every rank carries rank 0's choice
+                chosen[p.rung.name] = chosen_list[0]
             rows.append(row)
         if ctx.is_main:
             out.write_text(json.dumps(_result(ladder, rows, opts, ctx.world_size), indent=1, default=str))
     finally:
         teardown()
+
+
+def _run_rung(label: str, settings: dict[str, Any], opts: DistLadderOptions, ctx, data: Path,
+              run_dir: Path) -> Optional[dict[str, Any]]:
+    """One training run of a rung (or of a sweep point) through the trainer; rank 0 gets its row fields."""
+    import torch.distributed as dist
+
+    from gptdist.model import GPT
+    from gptdist.studies.zero_memory import compare_run, storage_bytes
+
+    cfg = build_config(None, config_view(settings))
+    numel = sum(t.numel() for t in GPT(resolve_model(cfg)).parameters())
+
+    def memory(trainer) -> list[dict[str, int]]:
+        per_rank: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(per_rank, storage_bytes(trainer.backend.raw_model, trainer.optimizer))
+        return per_rank
+
+    skip = cfg.instrument.summary_skip_steps
+    measured = compare_run(label, _rung_overrides(config_view(settings), opts, data, skip), ctx, run_dir, after_fit=memory)
+    if not ctx.is_main:
+        return None
+    return {"numel": numel, "analytic_bytes_per_step": analytic_bytes(settings, numel),
+            "final_loss": measured["losses"][-1] if measured["losses"] else None, **measured}
 
 
 def _result(ladder: Ladder, rows: list[dict[str, Any]], opts: DistLadderOptions, world: int) -> dict[str, Any]:
