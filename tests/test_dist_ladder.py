@@ -23,8 +23,10 @@ CPU = torch.device("cpu")
 # Tiny GPT: 1 layer, 16 wide, 2 heads, vocab 64, block 8 (biases, LayerNorm with bias, tied lm_head).
 # Parameters by hand: wte 64*16 = 1024 (shared with lm_head), wpe 8*16 = 128, ln_1 2*16 = 32,
 # attn qkv 16*48 + 48 = 816, attn proj 16*16 + 16 = 272, ln_2 32, mlp fc 16*64 + 64 = 1088,
-# mlp proj 64*16 + 16 = 1040, ln_f 32  ->  Ψ = 4464.
+# mlp proj 64*16 + 16 = 1040, ln_f 32  ->  Ψ = 4464. The block: 32 + 816 + 272 + 32 + 1088 + 1040 = 3280;
+# FSDP2's root group: wte 1024 + wpe 128 + ln_f 32 = 1184.
 PSI = 4464
+PSI_BLOCKS = 3280
 
 BASE = {
     "backend": "manual", "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16, "model.vocab_size": 64,
@@ -42,6 +44,7 @@ RUNGS = [
     {"name": "first_bucket", "sweep": FIRST_BUCKET_SWEEP},
     {"name": "zero2", "set": {"backend": "zero"}},
     {"name": "bf16_comm", "set": {"parallel.zero.reduce_dtype": "bf16"}},
+    {"name": "fsdp_reshard", "set": {"backend": "fsdp"}},
 ]
 
 
@@ -51,9 +54,12 @@ def _spec(rungs=RUNGS, **base):
 
 def test_analytic_bytes_hand_derived():
     ladder = compose_ladder(_spec())
-    assert analytic_bytes(ladder.get("manual").settings, PSI) == {"all_reduce": 4 * 4464}
-    assert analytic_bytes(ladder.get("zero2").settings, PSI) == {"reduce_scatter": 4 * 4464, "all_gather": 4 * 4464}
-    assert analytic_bytes(ladder.get("bf16_comm").settings, PSI) == {"reduce_scatter": 2 * 4464, "all_gather": 4 * 4464}
+    assert analytic_bytes(ladder.get("manual").settings, PSI, PSI_BLOCKS) == {"all_reduce": 4 * 4464}
+    assert analytic_bytes(ladder.get("zero2").settings, PSI, PSI_BLOCKS) == {"reduce_scatter": 4 * 4464, "all_gather": 4 * 4464}
+    assert analytic_bytes(ladder.get("bf16_comm").settings, PSI, PSI_BLOCKS) == {"reduce_scatter": 2 * 4464, "all_gather": 4 * 4464}
+    # FSDP2 with reshard: the block gathered in forward and again in backward, the root group once
+    assert analytic_bytes(ladder.get("fsdp_reshard").settings, PSI, PSI_BLOCKS) == {
+        "all_gather": 4 * (4464 + 3280), "reduce_scatter": 4 * 4464}
 
 
 def test_needs_nccl_rung_is_skipped_off_cuda_and_its_change_left_out():
@@ -143,6 +149,16 @@ def _recorded(run_dir: Path, rung: str, step: int) -> dict[tuple[str, str], int]
     return out
 
 
+def _gathers(run_dir: Path, rung: str, step: int) -> dict[str, list[int]]:
+    """label -> the bytes of each all-gather with that label, in order, on rank 0 in one step."""
+    out: dict[str, list[int]] = {}
+    for line in (run_dir / rung / "ranks" / "rank0" / "collectives.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["step"] == step and rec["op"] == "all_gather":
+            out.setdefault(rec["label"], []).append(rec["bytes"])
+    return out
+
+
 def _bucket_labels(run_dir: Path, rung: str, op: str, step: int) -> list[str]:
     return sorted(label for (o, label) in _recorded(run_dir, rung, step) if o == op and label.startswith("bucket="))
 
@@ -154,9 +170,9 @@ def test_ladder_end_to_end_at_two_ranks_sweep_bf16(tmp_path):
     python(["launch/ladder.py", "--config", str(config), "--steps", "2", "--out", str(out), "--run-dir", str(runs)],
            timeout=240)
     result = json.loads(out.with_suffix(".json").read_text())
-    manual, swept, zero2, bf16 = result["rungs"]
+    manual, swept, zero2, bf16, fsdp = result["rungs"]
     assert result["world_size"] == 2
-    assert [r["status"] for r in result["rungs"]] == ["ok"] * 4
+    assert [r["status"] for r in result["rungs"]] == ["ok"] * 5
 
     # The recorder, every rank-0 collective of the last step, against the hand count (fp32: 4 bytes per parameter)
     assert _recorded(runs, "manual", 3) == {("all_reduce", "bucket=0"): 4 * PSI, ("all_reduce", "loss"): 8}
@@ -180,6 +196,12 @@ def test_ladder_end_to_end_at_two_ranks_sweep_bf16(tmp_path):
     # bf16 communication on gloo: half the reduce-scatter bytes (2 per parameter), the all-gather unchanged
     assert bf16["bytes_per_step"]["reduce_scatter"] == bf16["analytic_bytes_per_step"]["reduce_scatter"] == 2 * PSI
     assert bf16["bytes_per_step"]["all_gather"] == 4 * PSI
+
+    # FSDP2 with reshard-after-forward: the block's group gathered twice (forward, backward), the root group
+    # (wte = lm_head, wpe, ln_f) once: it is not resharded after forward. The recorder equals the analytic count.
+    assert _gathers(runs, "fsdp_reshard", 3) == {"module=transformer.h.0": [4 * PSI_BLOCKS] * 2,
+                                                 "module=root": [4 * (PSI - PSI_BLOCKS)]}
+    assert fsdp["bytes_per_step"]["all_gather"] == fsdp["analytic_bytes_per_step"]["all_gather"] == 4 * (PSI + PSI_BLOCKS)
 
     # Storage per rank, the ZeRO paper's accounting with fp32 Adam at N = 2: DDP-like 16Ψ; ZeRO-2 4Ψ + 4Ψ/2 + 8Ψ/2
     for rank in manual["memory"]:

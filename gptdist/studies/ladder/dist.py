@@ -17,8 +17,11 @@ per step. With Ψ parameters of e bytes (4: fp32; the reduction in the rung's re
     manual, ddp, zero-1 gradients:  all_reduce     eΨ
     zero-2 gradients:               reduce_scatter eΨ
     zero-1, zero-2 parameters:      all_gather     4Ψ
-    fsdp reshard_after_forward:     all_gather     4Ψ x 2 (forward, and again in backward), reduce_scatter eΨ
+    fsdp reshard_after_forward:     all_gather     4Ψ + 4Ψ_blocks, reduce_scatter eΨ
     fsdp without:                   all_gather     4Ψ, reduce_scatter eΨ
+With reshard-after-forward every transformer block's group is gathered in forward and again in backward,
+but the root group (wte = lm_head, wpe, ln_f: Ψ - Ψ_blocks) is not resharded after forward (FSDP2's
+default for the root, gptdist/parallel/fsdp.py): its parameters are gathered once per step.
 Ψ is counted without padding (zero pads each bucket, FSDP each parameter, to a multiple of N): the measured
 bytes may exceed the analytic ones by that padding. On the wire a ring moves 2(N-1)/N of an all-reduce's size
 and (N-1)/N of the others' per rank (busbw factors); the table gives sizes.
@@ -44,9 +47,10 @@ from gptdist.studies.ladder.spec import Ladder, config_view, plan_ladder
 MIB = 2**20
 
 
-def analytic_bytes(settings: dict[str, Any], numel: int) -> dict[str, float]:
+def analytic_bytes(settings: dict[str, Any], numel: int, block_numel: int) -> dict[str, float]:
     """Collective sizes per rank per step that the rung's backend must issue for its gradients and
-    parameters (module docstring); other collectives (loss average, norm) are not counted."""
+    parameters (module docstring); other collectives (loss average, norm) are not counted.
+    numel: Ψ, every parameter once (tied ones once); block_numel: Ψ_blocks, those of the transformer blocks."""
     cfg = build_config(None, config_view(settings))
     backend = cfg.backend
     if backend in ("manual", "ddp"):
@@ -58,8 +62,8 @@ def analytic_bytes(settings: dict[str, Any], numel: int) -> dict[str, float]:
         return {**grads, "all_gather": 4.0 * numel}
     if backend == "fsdp":
         f = cfg.parallel.fsdp
-        gathers = 2 if f.reshard_after_forward else 1
-        return {"all_gather": 4.0 * numel * gathers, "reduce_scatter": (2.0 if f.reduce_dtype == "bf16" else 4.0) * numel}
+        regathered = block_numel if f.reshard_after_forward else 0  # the blocks again in backward; not the root
+        return {"all_gather": 4.0 * (numel + regathered), "reduce_scatter": (2.0 if f.reduce_dtype == "bf16" else 4.0) * numel}
     raise ConfigError(f"no analytic byte count for backend {backend!r}")
 
 
@@ -138,21 +142,29 @@ def _run_rung(label: str, settings: dict[str, Any], opts: DistLadderOptions, ctx
     import torch.distributed as dist
 
     from gptdist.model import GPT
-    from gptdist.studies.zero_memory import compare_run, storage_bytes
+    from gptdist.studies.zero_memory import CudaPeak, compare_run, storage_bytes
 
     cfg = build_config(None, config_view(settings))
-    numel = sum(t.numel() for t in GPT(resolve_model(cfg)).parameters())
+    model = GPT(resolve_model(cfg))
+    numel = sum(t.numel() for t in model.parameters())
+    block_numel = sum(t.numel() for t in model.transformer.h.parameters())
+
+    peak = CudaPeak(ctx.device)
 
     def memory(trainer) -> list[dict[str, int]]:
+        mine = storage_bytes(trainer.backend.raw_model, trainer.optimizer)
+        if peak.read() is not None:  # CUDA: the allocator's peak over the whole run, transients included
+            mine["cuda_peak_allocated"] = peak.read()
         per_rank: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(per_rank, storage_bytes(trainer.backend.raw_model, trainer.optimizer))
+        dist.all_gather_object(per_rank, mine)
         return per_rank
 
     skip = cfg.instrument.summary_skip_steps
+    peak.start()
     measured = compare_run(label, _rung_overrides(config_view(settings), opts, data, skip), ctx, run_dir, after_fit=memory)
     if not ctx.is_main:
         return None
-    return {"numel": numel, "analytic_bytes_per_step": analytic_bytes(settings, numel),
+    return {"numel": numel, "block_numel": block_numel, "analytic_bytes_per_step": analytic_bytes(settings, numel, block_numel),
             "final_loss": measured["losses"][-1] if measured["losses"] else None, **measured}
 
 
