@@ -13,12 +13,13 @@ import torch
 import yaml
 
 from gptdist.errors import ConfigError
-from gptdist.studies.ladder import compose_ladder, plan_ladder
+from gptdist.studies.ladder import compose_ladder, load_ladder, plan_ladder
 from gptdist.studies.ladder.dist import analytic_bytes, best_point
 from gptdist.studies.ladder.report import _zero2_vs_fsdp_lines as zero2_vs_fsdp_lines
 from launchers import python
 
 CPU = torch.device("cpu")
+LADDERS = Path(__file__).resolve().parents[1] / "configs" / "ladder"
 
 # Tiny GPT: 1 layer, 16 wide, 2 heads, vocab 64, block 8 (biases, LayerNorm with bias, tied lm_head).
 # Parameters by hand: wte 64*16 = 1024 (shared with lm_head), wpe 8*16 = 128, ln_1 2*16 = 32,
@@ -240,7 +241,7 @@ def test_report_compares_zero2_with_fsdp_without_reshard():
 
 
 def test_committed_dist_ladder_is_the_issue_order_one_change_per_rung():
-    ladder = compose_ladder(yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "ladder" / "dist_cpu.yaml").read_text()))
+    ladder = load_ladder(LADDERS / "dist_cpu.yaml")
     assert ladder.world == 2
     main = [(r.name, r.change) for r in ladder.rungs if not r.side]
     assert main == [
@@ -259,3 +260,8 @@ def test_committed_dist_ladder_is_the_issue_order_one_change_per_rung():
     assert all(p.skip_reason is None for p in plan.values())  # bf16 communication runs on gloo
     assert plan["fsdp_reshard"].compare_to == "bf16_comm"
     assert plan["ddp"].settings["parallel.ddp.bucket_cap_mb"] == plan["zero1"].settings["parallel.zero.bucket_cap_mb"] == 4.0
+
+    # The GPU file (not run here): the same rungs at 8 ranks on GPT-2 124M
+    gpu = load_ladder(LADDERS / "dist_gpu.yaml")
+    assert gpu.world == 8 and [r.name for r in gpu.rungs] == [r.name for r in ladder.rungs]
+    assert gpu.get("ddp").settings["model.n_embd"] == 768
