@@ -16,7 +16,7 @@ from gptdist.errors import ConfigError
 from gptdist.studies.ladder import compose_ladder, load_ladder, plan_ladder
 from gptdist.studies.ladder.dist import analytic_bytes, best_point
 from gptdist.studies.ladder.report import _zero2_vs_fsdp_lines as zero2_vs_fsdp_lines
-from launchers import python
+from launchers import python, subprocess_env, torchrun
 
 CPU = torch.device("cpu")
 LADDERS = Path(__file__).resolve().parents[1] / "configs" / "ladder"
@@ -139,6 +139,23 @@ def test_cli_single_device_option_on_a_world_ladder_is_refused(tmp_path):
                   check=False, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --only") and proc.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_ladder_started_under_torchrun_is_the_job_itself(tmp_path):
+    """As launch/cluster.py starts it (one torchrun per node): the ranks are the job, rank 0 writes the
+    report; a torchrun of another world size than the file's is a one-line error before anything runs."""
+    config = tmp_path / "dist.yaml"
+    config.write_text(yaml.safe_dump(_spec([{"name": "manual"}, {"name": "zero2", "set": {"backend": "zero"}}])))
+    out, runs = tmp_path / "out" / "ladder", tmp_path / "runs"
+    args = ["launch/ladder.py", "--config", str(config), "--steps", "1", "--out", str(out), "--run-dir", str(runs)]
+    bad = python(args, check=False, timeout=60, env=subprocess_env(RANK="0", WORLD_SIZE="3"))
+    assert bad.returncode == 2 and bad.stderr == "error: the ladder has world: 2, but torchrun started 3 ranks\n"
+    assert not (tmp_path / "out").exists() and not runs.exists()
+    torchrun(args, nproc=2, timeout=180)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["status"] for r in result["rungs"]] == ["ok", "ok"] and result["world_size"] == 2
+    assert "| 1 | zero2 | `backend=zero` |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").exists()
 
 
 def _recorded(run_dir: Path, rung: str, step: int) -> dict[tuple[str, str], int]:
