@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -86,7 +87,7 @@ def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
     if under_torchrun:
         raw = Path(args.out).with_suffix(".json")
         raw.parent.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("GPTDIST_LADDER_COMMAND", " ".join(["torchrun ... launch/ladder.py", *argv]))
+        os.environ.setdefault("GPTDIST_LADDER_COMMAND", "torchrun ... " + shlex.join(["launch/ladder.py", *argv]))
         dist_ladder.worker(ladder, opts, Path(args.run_dir), raw)
         if os.environ["RANK"] != "0":
             return 0

@@ -33,6 +33,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -201,7 +202,7 @@ def launch(ladder_path: str, argv: list[str], world: int, out: Path, run_dir: Pa
     script = Path(__file__).resolve().parents[3] / "launch" / "ladder.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
            str(script), *argv, "--worker-out", str(raw), "--run-dir", str(run_dir)]
-    env = dict(os.environ, GPTDIST_LADDER_COMMAND=" ".join(["python", "launch/ladder.py", *argv]))
+    env = dict(os.environ, GPTDIST_LADDER_COMMAND=shlex.join(["python", "launch/ladder.py", *argv]))
     env.setdefault("OMP_NUM_THREADS", "1")
     subprocess.run(cmd, check=True, env=env)
     return json.loads(raw.read_text())
