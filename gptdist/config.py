@@ -496,11 +496,6 @@ def validate(cfg: Config) -> None:
     # The chosen backend's own checks (its Options.__post_init__), on the final values after overrides.
     options = getattr(cfg.parallel, cfg.backend)
     type(options)(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
-    if cfg.backend == "zero" and options.reduce_dtype == "bf16":
-        import torch
-
-        if cfg.train.device == "cpu" or not torch.cuda.is_available():
-            raise ConfigError("parallel.zero.reduce_dtype=bf16 needs NCCL (CUDA): gloo on the CPU cannot reduce bf16")
 
 
 def resolve_model(cfg: Config):

@@ -2,7 +2,7 @@
 
 import torch
 
-from gptdist.studies.zero_memory import paper_bytes, storage_bytes
+from gptdist.studies.zero_memory import CudaPeak, paper_bytes, storage_bytes
 
 
 def test_counts_each_kind_once_from_the_tensors():
@@ -30,3 +30,58 @@ def test_paper_rows_at_the_two_ends():
     assert paper_bytes("ddp", 1000, 4)["total"] == 16_000
     assert paper_bytes("zero3", 1000, 4)["total"] == 4_000
     assert paper_bytes("zero2", 1000, 4) == {"params": 4000, "grads": 1000, "optim": 2000, "total": 7000}
+
+
+class FakeAllocator:
+    """torch.cuda's allocator counters for one device, by hand: allocated now, its peak, and reserved
+    (cached blocks: never less than allocated, and not given back on free)."""
+
+    def __init__(self):
+        self.allocated, self.peak, self.reserved, self.devices = 0, 0, 0, []
+
+    def alloc(self, n):
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+        self.reserved = max(self.reserved, self.allocated + 64)
+
+    def free(self, n):
+        self.allocated -= n
+
+    def reset_peak_memory_stats(self, device=None):
+        self.devices.append(device)
+        self.peak = self.allocated
+
+    def max_memory_allocated(self, device=None):
+        self.devices.append(device)
+        return self.peak
+
+    def memory_allocated(self, device=None):
+        return self.allocated
+
+    def max_memory_reserved(self, device=None):
+        return self.reserved
+
+
+def test_cuda_peak_reads_the_allocators_peak_since_start(monkeypatch):
+    """The CUDA path on a CPU machine: torch.cuda's counters replaced by a hand-driven allocator. Before
+    start: 900 bytes peaked, 500 held. Inside: +100 (a transient), freed, then +30. The step's peak is
+    500 + 100 = 600 bytes: not the earlier 900 (no reset), not 530 (allocated now), not reserved (664)."""
+    fake = FakeAllocator()
+    for name in ("reset_peak_memory_stats", "max_memory_allocated", "memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    fake.alloc(900)
+    fake.free(400)
+    device = torch.device("cuda", 1)
+    peak = CudaPeak(device)
+    peak.start()
+    fake.alloc(100)
+    fake.free(100)
+    fake.alloc(30)
+    assert peak.read() == 600
+    assert fake.devices == [device, device]  # the rank's own device, not the current one
+
+
+def test_cuda_peak_is_none_off_cuda():
+    peak = CudaPeak(torch.device("cpu"))
+    peak.start()
+    assert peak.read() is None

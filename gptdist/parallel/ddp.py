@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gptdist.errors import ConfigError
 from gptdist.dist import DistContext
 from gptdist.parallel.base import Backend
 
@@ -60,6 +61,10 @@ class DDPOptions:
 
     bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = True
+
+    def __post_init__(self):
+        if self.bucket_cap_mb <= 0:
+            raise ConfigError("ddp bucket_cap_mb must be > 0")
 
 
 class DDPBackend(Backend):

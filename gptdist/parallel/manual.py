@@ -43,6 +43,7 @@ import torch.nn as nn
 from gptdist.dist import DistContext
 from gptdist.parallel.base import Backend
 from gptdist.parallel.broadcast import broadcast_from_rank0
+from gptdist.errors import ConfigError
 from gptdist.parallel.buckets import MB, Bucket, plan_buckets
 
 
@@ -68,6 +69,10 @@ class ManualOptions:
     bucket_cap_mb: float = 25.0
     first_bucket_mb: float = 1.0
     overlap: bool = True
+
+    def __post_init__(self):
+        if self.bucket_cap_mb <= 0 or self.first_bucket_mb <= 0:
+            raise ConfigError("manual bucket sizes must be > 0")
 
 
 class ManualBackend(Backend):

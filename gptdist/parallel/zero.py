@@ -72,7 +72,7 @@ class ZeroOptions:
         first_bucket_mb: the first bucket (last layers) is small so its reduction starts early (MiB)
         overlap: reduce each bucket during backward; false = all buckets after backward
         overlap_param_gather: the parameter all-gather runs until the next forward needs each bucket
-        reduce_dtype: gradient communication dtype (bf16 needs NCCL)
+        reduce_dtype: gradient communication dtype (stage 2; gloo and NCCL both reduce bf16)
     """
 
     stage: int = 2
@@ -138,8 +138,6 @@ class ZeroBackend(Backend):
         self.stage = options.stage
         self.world_size = dist.get_world_size()
         self.rank = dist.get_rank()
-        if options.reduce_dtype == "bf16" and dist.get_backend() == "gloo":
-            raise ConfigError("zero reduce_dtype=bf16: gloo (CPU) cannot reduce bf16; use fp32 or NCCL")
         self.reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[options.reduce_dtype]
         if self.world_size > 1:
             broadcast_from_rank0(model, self.recorder)

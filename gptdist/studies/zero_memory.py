@@ -92,6 +92,24 @@ def storage_bytes(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
     return {"params": params, "grads": grads, "optim": optim, "total": params + grads + optim}
 
 
+class CudaPeak:
+    """The CUDA caching allocator's peak of allocated bytes on `device` since `start()`: what the step
+    really needs, transient buffers included (gathered parameters, staging buckets, activations). Not
+    `memory_allocated` (now, not the peak) nor `max_memory_reserved` (the allocator's cached blocks too).
+    On any other device both calls do nothing and `read()` is None."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.on_cuda = device.type == "cuda"
+
+    def start(self) -> None:
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)  # the peak restarts at what is allocated now
+
+    def read(self) -> Optional[int]:
+        return torch.cuda.max_memory_allocated(self.device) if self.on_cuda else None
+
+
 def _backend(name: str, options: dict[str, Any], model: torch.nn.Module, ctx: DistContext, recorder=None):
     from gptdist.parallel import backend_class
 
@@ -106,8 +124,8 @@ def measure_variant(label: str, gpt_cfg: GPTConfig, ctx: DistContext, batch: int
     model = GPT(gpt_cfg).to(ctx.device)
     backend = _backend(name, options, model, ctx)
     optimizer = backend.build_optimizer(TrainSection(fused_adamw="off"), ctx.device)
-    if ctx.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(ctx.device)
+    peak = CudaPeak(ctx.device)
+    peak.start()
     g = torch.Generator().manual_seed(ctx.rank)
     for _ in range(steps):
         x = torch.randint(0, gpt_cfg.vocab_size, (batch, seq_len + 1), generator=g).to(ctx.device)
@@ -120,8 +138,8 @@ def measure_variant(label: str, gpt_cfg: GPTConfig, ctx: DistContext, batch: int
         measured = storage_bytes(backend.raw_model, optimizer)  # all three kinds exist here
         backend.zero_grad()
     result = {"label": label, "backend": name, "options": options, "paper_row": row, "measured": measured}
-    if ctx.device.type == "cuda":
-        result["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(ctx.device)
+    if peak.read() is not None:
+        result["cuda_peak_allocated"] = peak.read()
     backend.close()
     del backend, model, optimizer
     gc.collect()

@@ -51,6 +51,7 @@ VARIANTS = {
     "zero2": ("zero", dict(SMALL, stage=2)),
     "zero2-no-overlap": ("zero", dict(SMALL, stage=2, overlap=False, overlap_param_gather=False)),
     "zero2-default-buckets": ("zero", dict(stage=2)),
+    "zero2-bf16": ("zero", dict(SMALL, stage=2, reduce_dtype="bf16")),  # gloo reduces bf16 in torch 2.13
 }
 
 SEED = 1234

@@ -24,7 +24,7 @@ Modules: `spec`, `runner`, `report`, `cli` (the names below are re-exported here
 """
 
 from gptdist.studies.ladder.spec import (  # noqa: F401
-    RUNNER_KEYS, NEEDS, SPEC_KEYS, RUNG_KEYS, Rung, Ladder, apply_change, compose_ladder, load_ladder, PlannedRung, plan_ladder, bench_settings,
+    RUNNER_KEYS, NEEDS, SPEC_KEYS, RUNG_KEYS, Rung, Sweep, Ladder, apply_change, compose_ladder, load_ladder, PlannedRung, plan_ladder, bench_settings,
 )
 from gptdist.studies.ladder.runner import (  # noqa: F401
     state_bytes, step_memory_rise, profile_window, top_ops, ops_diff, LadderOptions, run_ladder,

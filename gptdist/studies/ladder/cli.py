@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -60,11 +62,13 @@ def baseline_overrides(argv: list[str]) -> dict[str, Any]:
 
 
 def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
-    """A ladder with `world: N`: checked here, then one torchrun job of N ranks (this script again)."""
+    """A ladder with `world: N`: checked here, then one torchrun job of N ranks (this script again). Started
+    under torchrun already (e.g. by launch/cluster.py, one agent per node), it is that job itself."""
+    import os
+
     import torch
 
     from gptdist.studies.ladder import dist as dist_ladder
-    from gptdist.studies.ladder.report import dist_plot, dist_to_markdown
 
     unused = [flag for flag, value in (("--only", args.only), ("--traces", args.traces), ("--sequential", args.sequential),
                                        ("--threads", args.threads), ("--peak-flops", args.peak_flops)) if value]
@@ -72,19 +76,37 @@ def _main_dist(ladder, args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(f"{', '.join(unused)}: not an option of a `world:` ladder (it takes --steps, --out, --run-dir, --note)")
     device = torch.device("cpu" if args.device == "auto" else args.device)
     opts = dist_ladder.DistLadderOptions(steps=args.steps, device=device.type)
-    if args.worker_out:
+    if not args.out and not args.worker_out:
+        raise ConfigError("a `world:` ladder writes its report: give --out")
+    under_torchrun = "RANK" in os.environ
+    if under_torchrun and int(os.environ.get("WORLD_SIZE", "0")) != ladder.world:
+        raise ConfigError(f"the ladder has world: {ladder.world}, but torchrun started {os.environ.get('WORLD_SIZE')} ranks")
+    if args.worker_out:  # a rank of the job `launch` below started: the raw result only
         dist_ladder.worker(ladder, opts, Path(args.run_dir), Path(args.worker_out))
         return 0
-    if not args.out:
-        raise ConfigError("a `world:` ladder writes its report: give --out")
-    result = dist_ladder.launch(args.config, argv, ladder.world, Path(args.out), Path(args.run_dir))
+    if under_torchrun:
+        raw = Path(args.out).with_suffix(".json")
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("GPTDIST_LADDER_COMMAND", "torchrun ... " + shlex.join(["launch/ladder.py", *argv]))
+        dist_ladder.worker(ladder, opts, Path(args.run_dir), raw)
+        if os.environ["RANK"] != "0":
+            return 0
+        result = json.loads(raw.read_text())
+    else:
+        result = dist_ladder.launch(args.config, argv, ladder.world, Path(args.out), Path(args.run_dir))
+    _write_dist_report(result, args)
+    return 0
+
+
+def _write_dist_report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    from gptdist.studies.ladder.report import dist_plot, dist_to_markdown
+
     result["notes"] = args.note
     result["provenance"]["command"] = result["command"]  # the user's command, not the torchrun worker's
     markdown = dist_to_markdown(result, args.note)
     out = write_outputs(Path(args.out), result, markdown)
     dist_plot(result, out.with_suffix(".png"))
     print(markdown)
-    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -15,6 +15,8 @@ def _mib(n: Optional[float]) -> str:
 def _change_text(row: dict) -> str:
     if row["change"] is None:
         return "baseline"
+    if row.get("sweep"):
+        return f"`{row['change']['key']}={row['change']['value']}` (best of {len(row['sweep']['points'])}, swept)"
     return f"`{row['change']['key']}={row['change']['value']}`"
 
 
@@ -178,9 +180,80 @@ def dist_to_markdown(result: dict[str, Any], notes: list[str] = ()) -> str:
             f"{_row_head(i, r)} {s['median']:.1f} ({s['p95']:.1f}) | {e['median']:.1f} | "
             f"{_bytes_text(r['bytes_per_step'])} | {_bytes_text(r['analytic_bytes_per_step'])} | "
             f"{r['memory'][0]['total'] / 1024:,.1f} | {r['final_loss']:.4f} | {prev} | {saved} |")
+    for r in result["rungs"]:
+        if r.get("sweep"):
+            lines += ["", *_sweep_lines(r)]
+    lines += _comm_dtype_lines(result["rungs"])
+    lines += _zero2_vs_fsdp_lines(result["rungs"])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _sweep_lines(r: dict[str, Any]) -> list[str]:
+    sw = r["sweep"]
+    also = f" (also `{'`, `'.join(sw['also'])}`)" if sw["also"] else ""
+    lines = [f"## Sweep: {r['name']}", "",
+             f"`{sw['key']}`{also} over {', '.join(str(p['value']) for p in sw['points'])}; kept: **{sw['chosen']}** "
+             f"({sw['rule']}), carried into every later rung. The kept median is the lowest of "
+             f"{len(sw['points'])} noisy ones, so it flatters the rung a little.", "",
+             "| value | step ms median (p95) | exposed comm ms | recorder KiB/step | loss after K | kept |",
+             "|---:|---:|---:|---|---:|---|"]
+    for p in sw["points"]:
+        lines.append(f"| {p['value']} | {p['step_ms']['median']:.1f} ({p['step_ms']['p95']:.1f}) | "
+                     f"{p['exposed_ms']['median']:.1f} | {_bytes_text(p['bytes_per_step'])} | {p['final_loss']:.4f} | "
+                     f"{'yes' if p['value'] == sw['chosen'] else ''} |")
+    return lines
+
+
+def _comm_dtype_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """For a rung that changes the gradient communication dtype: its loss after K steps against the previous
+    rung's (the same run with the other dtype) and the gradient bytes, recorder and analytic, side by side."""
+    by_name = {r["name"]: r for r in rows}
+    lines = []
+    for r in rows:
+        prev = by_name.get(r.get("compare_to") or "")
+        if (r["status"] != "ok" or not prev or prev["status"] != "ok" or not r["change"]
+                or not r["change"]["key"].endswith(".reduce_dtype")):
+            continue
+        lines += ["", f"## Gradient communication in {r['change']['value']}: {r['name']} vs {prev['name']}", "",
+                  f"Loss after {len(r['losses'])} steps: {r['final_loss']:.6f} vs {prev['final_loss']:.6f} "
+                  f"(difference {r['final_loss'] - prev['final_loss']:+.2e}).", "",
+                  "| collective | recorder KiB/step | was | ratio | analytic KiB/step | was |", "|---|---:|---:|---:|---:|---:|"]
+        for op in sorted(set(r["bytes_per_step"]) | set(prev["bytes_per_step"])):
+            now, was = r["bytes_per_step"].get(op, 0.0), prev["bytes_per_step"].get(op, 0.0)
+            if max(now, was) < 1024:  # the loss and the gradient norm: bytes, not KiB
+                continue
+            ratio = f"{now / was:.3f}" if was else ""
+            lines.append(f"| {op} | {now / 1024:,.1f} | {was / 1024:,.1f} | {ratio} | "
+                         f"{r['analytic_bytes_per_step'].get(op, 0.0) / 1024:,.1f} | "
+                         f"{prev['analytic_bytes_per_step'].get(op, 0.0) / 1024:,.1f} |")
+    return lines
+
+
+def _zero2_vs_fsdp_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The handwritten ZeRO-2 beside FSDP2 without reshard: the same model, batch, steps, data and fp32
+    communication (the issue's comparison at equal settings), whichever rungs they are in the ladder."""
+    def find(backend: str, key: str, value: Any, default: Any) -> Optional[dict[str, Any]]:
+        return next((r for r in rows if r["status"] == "ok" and r["settings"].get("backend") == backend
+                     and r["settings"].get(key, default) == value
+                     and r["settings"].get(f"parallel.{backend}.reduce_dtype", "fp32") == "fp32"), None)
+
+    zero2 = find("zero", "parallel.zero.stage", 2, default=2)  # the config's defaults where a ladder sets none
+    fsdp = find("fsdp", "parallel.fsdp.reshard_after_forward", False, default=True)
+    if not zero2 or not fsdp:
+        return []
+    lines = ["", f"## Handwritten ZeRO-2 ({zero2['name']}) vs FSDP2 without reshard ({fsdp['name']})", "",
+             "Same model, batch, steps, data and fp32 gradient communication; the backend is the difference.", "",
+             "| | step ms median (p95) | exposed comm ms | recorder KiB/step | storage KiB rank 0 | loss after K |",
+             "|---|---:|---:|---|---:|---:|"]
+    for r in (zero2, fsdp):
+        lines.append(f"| {r['name']} | {r['step_ms']['median']:.1f} ({r['step_ms']['p95']:.1f}) | "
+                     f"{r['exposed_ms']['median']:.1f} | {_bytes_text(r['bytes_per_step'])} | "
+                     f"{r['memory'][0]['total'] / 1024:,.1f} | {r['final_loss']:.4f} |")
+    lines.append("")
+    lines.append(f"ZeRO-2 / FSDP2 step time: {zero2['step_ms']['median'] / fsdp['step_ms']['median']:.2f}.")
+    return lines
 
 
 def dist_plot(result: dict[str, Any], path: Path) -> None:

@@ -20,11 +20,12 @@ from gptdist.studies.throughput import BenchSettings
 # changes nothing, so it is refused.
 RUNNER_KEYS = ("data.batch_size", "data.seq_len", "train.dtype", "train.tf32", "train.compile",
                "train.fused_adamw", "train.seed")
-NEEDS = {"cuda": "needs CUDA", "nccl": "needs NCCL (gloo cannot reduce bf16)"}
+NEEDS = {"cuda": "needs CUDA", "nccl": "needs NCCL"}
 SPEC_KEYS = {"extends", "base", "rungs", "side_rungs", "world"}
 # A ladder that names a world size (`world: N`, run by gptdist.studies.ladder.dist) also changes the backend.
 DIST_KEYS = ("backend", "parallel.")
-RUNG_KEYS = {"name", "set", "from", "needs", "why"}
+RUNG_KEYS = {"name", "set", "sweep", "from", "needs", "why"}
+SWEEP_KEYS = {"key", "values", "also"}
 
 
 def _read_key(cfg: Any, dotted: str) -> Any:
@@ -56,6 +57,22 @@ def _check_key(key: str, where: str, dist: bool = False) -> None:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A rung that tries several values of one setting instead of setting one (distributed ladder only):
+        sweep: {key: parallel.manual.bucket_cap_mb, values: [0.25, 1, 4, 25], also: [parallel.zero.bucket_cap_mb]}
+    The runner runs every value, keeps the one with the lowest median step time as the rung, and carries it
+    into every later rung. `also`: the same knob under other backends' names, set to the kept value too
+    (a rung's config sees its own backend's options only, so on this rung they change nothing)."""
+
+    key: str
+    values: tuple  # coerced by the config (1 -> 1.0 for a float setting), distinct
+    also: tuple[str, ...] = ()
+
+    def apply(self, settings: dict[str, Any], value: Any) -> dict[str, Any]:
+        return {**settings, self.key: value, **{k: value for k in self.also}}
+
+
+@dataclass(frozen=True)
 class Rung:
     name: str
     settings: dict[str, Any]  # the full setting: the baseline's plus every change along the chain
@@ -64,6 +81,7 @@ class Rung:
     needs: Optional[str] = None  # "cuda": skipped elsewhere
     why: str = ""
     side: bool = False
+    sweep: Optional[Sweep] = None  # a swept rung: `change` holds the first value until the runner picks one
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,24 @@ def apply_change(settings: dict[str, Any], key: str, value: Any, where: str, all
     if new[key] == old and not allow_noop:
         raise ConfigError(f"{where}: {key} is already {old!r}; a rung must change exactly one setting")
     return new
+
+
+def _parse_sweep(spec: Any, parent: dict[str, Any], where: str) -> Sweep:
+    """`sweep:` -> Sweep, every value checked as a change of `parent` (bad values fail before anything runs)."""
+    if not isinstance(spec, dict) or set(spec) - SWEEP_KEYS or "key" not in spec or "values" not in spec:
+        raise ConfigError(f"{where}: `sweep` takes {{key: K, values: [v1, v2, ...], also: [K2, ...]}}")
+    key, values, also = spec["key"], spec["values"], spec.get("also") or []
+    if not isinstance(values, list) or len(values) < 2 or not isinstance(also, list) or key in also:
+        raise ConfigError(f"{where}: a sweep needs a list of at least 2 `values` (and `also`, a list of other keys)")
+    coerced = []
+    for value in values:
+        settings = apply_change(parent, key, value, where, allow_noop=True)  # one of them may be the current value
+        for other in also:
+            apply_change(settings, other, settings[key], where, allow_noop=True)
+        coerced.append(settings[key])
+    if len(set(coerced)) != len(coerced):
+        raise ConfigError(f"{where}: the sweep's values repeat: {coerced}")
+    return Sweep(key, tuple(coerced), tuple(also))
 
 
 def _load_spec(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -174,26 +210,27 @@ def compose_ladder(spec: dict[str, Any], base_overrides: Optional[dict[str, Any]
             if "from" in item:
                 raise ConfigError(f"{where}: `from` is for side rungs; a main rung follows the one before it")
             parent = rungs[-1].name if rungs else None
-        change_spec = item.get("set")
+        change_spec, sweep_spec = item.get("set"), item.get("sweep")
+        why = str(item.get("why", ""))
         if parent is None:
-            if change_spec:
+            if change_spec or sweep_spec:
                 raise ConfigError(f"{where}: the first rung is the baseline (`base`); it changes nothing")
-            rung = Rung(name, dict(base), None, None, needs, str(item.get("why", "")), False)
+            rung = Rung(name, dict(base), None, None, needs, why, False)
+        elif sweep_spec is not None:
+            if world is None:
+                raise ConfigError(f"{where}: `sweep` is for a distributed ladder (`world: N`)")
+            if change_spec is not None:
+                raise ConfigError(f"{where}: a rung either `set`s one change or `sweep`s one setting, not both")
+            sweep = _parse_sweep(sweep_spec, by_name[parent].settings, where)
+            # Until the runner picks, the rungs after it are composed (and checked) with the first value.
+            settings = sweep.apply(by_name[parent].settings, sweep.values[0])
+            rung = Rung(name, settings, parent, (sweep.key, sweep.values[0]), needs, why, is_side, sweep)
         else:
             if not isinstance(change_spec, dict) or len(change_spec) != 1:
                 raise ConfigError(f"{where}: `set` must name exactly one change, e.g. set: {{train.compile: true}}")
             (key, value), = change_spec.items()
-            try:
-                settings = apply_change(by_name[parent].settings, key, value, where)
-            except ConfigError as exc:
-                # The config refuses bf16 communication where gloo is all there is; a rung marked `needs: nccl`
-                # is then only reported as skipped, and checked on a machine where it runs.
-                # (The rungs after it too: plan_ladder re-checks every rung that runs, without that change.)
-                after_nccl = needs == "nccl" or any(r.needs == "nccl" for r in Ladder(rungs).chain(parent))
-                if not (after_nccl and "NCCL" in str(exc)):
-                    raise
-                settings = {**by_name[parent].settings, key: value}
-            rung = Rung(name, settings, parent, (key, settings[key]), needs, str(item.get("why", "")), is_side)
+            settings = apply_change(by_name[parent].settings, key, value, where)
+            rung = Rung(name, settings, parent, (key, settings[key]), needs, why, is_side)
         rungs.append(rung)
         by_name[name] = rung
     return Ladder(rungs, source, world)
@@ -216,7 +253,12 @@ class PlannedRung:
     compare_to: Optional[str]  # the nearest ancestor that runs here (its "previous rung")
 
 
-def plan_ladder(ladder: Ladder, device: torch.device, only: Optional[set[str]] = None) -> list[PlannedRung]:
+def plan_ladder(ladder: Ladder, device: torch.device, only: Optional[set[str]] = None,
+                chosen: Optional[dict[str, Any]] = None) -> list[PlannedRung]:
+    """What runs here, with what settings. `chosen`: swept rung name -> the value the runner kept, carried
+    into the rungs after it (a sweep not yet run contributes its first value)."""
+    chosen = chosen or {}
+
     def cannot_run(rung: Rung) -> Optional[str]:
         if rung.needs in NEEDS and device.type != "cuda":
             return f"{NEEDS[rung.needs]} (this run is on {device.type})"
@@ -235,7 +277,9 @@ def plan_ladder(ladder: Ladder, device: torch.device, only: Optional[set[str]] =
         for ancestor in chain[1:]:
             # A change this device cannot make is left out of the rungs after it; a rung merely not
             # selected (--only) keeps its change, so that every selected rung is what the file says.
-            if cannot_run(ancestor) is None:
+            if cannot_run(ancestor) is None and ancestor.sweep is not None:
+                settings = ancestor.sweep.apply(settings, chosen.get(ancestor.name, ancestor.change[1]))
+            elif cannot_run(ancestor) is None:
                 settings = apply_change(settings, *ancestor.change, where=ancestor.name, allow_noop=True)
             elif ancestor is rung:  # skipped here: shown with its change, not checked against this machine
                 settings = {**settings, ancestor.change[0]: ancestor.change[1]}
