@@ -60,7 +60,7 @@ from gptdist.studies.simulator.timeline import (  # noqa: F401
     POST_PHASES, BucketTiming, Timeline, load_timeline, timeline_from_steps, timeline_from_run, modelled_timeline,
 )
 from gptdist.studies.simulator.comm_model import (  # noqa: F401
-    CommFn, comm_from_fit, comm_from_table, comm_for_layout, inter_tables, HardwareProfile, PROFILES, comm_from_profile, batch_compute_scale, cpu_contention, cpu_overlap, contention_from_runs,
+    CommFn, comm_from_fit, comm_from_table, comm_for_layout, inter_tables, HardwareProfile, PROFILES, comm_from_profile, batch_compute_scale, timeline_for_tokens, cpu_contention, cpu_overlap, contention_from_runs,
 )
 from gptdist.studies.simulator.schedule import (  # noqa: F401
     SCHEDULE_OF, CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate,

@@ -144,6 +144,34 @@ def batch_compute_scale(big: "Timeline", small: "Timeline", tokens: float) -> fl
     return (intercept + slope * tokens) / w_big
 
 
+def timeline_for_tokens(timelines: list["Timeline"], tokens: float) -> tuple["Timeline", float]:
+    """The 1-rank timeline to replay for a rank that computes `tokens` per step, and its compute_scale.
+
+    One measured at that very batch is replayed as it is (scale 1): its compute, bucket ready times and
+    fixed per-step costs are those of the batch the rank will have. Otherwise the nearest measured batch
+    is replayed, scaled by the affine compute(batch) through the two measured batches around `tokens`
+    (the two nearest when it lies outside them; a tie goes to the larger batch). With one timeline: a
+    straight tokens / its tokens (the 1/N of strong scaling)."""
+    if not timelines:
+        raise ConfigError("timeline_for_tokens needs at least one timeline")
+    if any(not t.tokens_per_step for t in timelines):
+        raise ConfigError("every timeline needs tokens_per_step (extract it from a run folder)")
+    by_distance = sorted(timelines, key=lambda t: (abs(t.tokens_per_step - tokens), -t.tokens_per_step))
+    nearest = by_distance[0]
+    if abs(nearest.tokens_per_step - tokens) < 0.5:
+        return nearest, 1.0
+    if len({t.tokens_per_step for t in timelines}) < 2:
+        return nearest, tokens / nearest.tokens_per_step
+    below = [t for t in by_distance if t.tokens_per_step < tokens]
+    above = [t for t in by_distance if t.tokens_per_step > tokens]
+    if below and above:
+        pair = (below[0], above[0])
+    else:  # outside the measured batches: the two nearest distinct ones
+        pair = (nearest, next(t for t in by_distance if t.tokens_per_step != nearest.tokens_per_step))
+    other = pair[1] if pair[0] is nearest else pair[0]
+    return nearest, batch_compute_scale(nearest, other, tokens)
+
+
 def cpu_contention(world_size: int, threads_per_rank: int, cores: int) -> float:
     """How much slower each rank computes when N ranks x t threads share C cores."""
     return max(1.0, world_size * threads_per_rank / cores)
