@@ -12,6 +12,8 @@
     python launch/simulate.py validate timeline.json --fit ... --study docs/results/scaling_cpu_gloo/results.json --cores 2
     # a timeline per backend: BACKEND=PATH,... (every backend predicted must be named)
     python launch/simulate.py validate manual=t_manual.json,ddp=t_ddp.json --backends manual,ddp,fsdp ...
+    # a measured contention (--contention K=FACTOR): K copies of the 1-rank job at once vs the job alone
+    python launch/simulate.py contention runs/solo-b4 runs/copy0 runs/copy1
     # 4. the error with its spread over repeated sittings (each repeat's own inputs and study)
     python launch/simulate.py repeats DIR/repeat1/validation/validation.json DIR/repeat2/... --out DIR
     # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
@@ -151,6 +153,11 @@ def main(argv: list[str]) -> None:
     e.add_argument("run", help="a 1-rank instrumented run folder")
     e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
     e.add_argument("--out", required=True, help="timeline JSON to write")
+    ct = sub.add_parser("contention", formatter_class=HelpFormatter,
+                        help="measured CPU contention: K copies of a 1-rank job run at once vs that job alone")
+    ct.add_argument("solo", help="the 1-rank run folder, run alone")
+    ct.add_argument("copies", nargs="+", help="the run folders of the K copies run at the same time")
+    ct.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
     rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
                         help="the error per run with its spread over repeated validations (one validation.json each)")
     rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat")
@@ -196,6 +203,11 @@ def main(argv: list[str]) -> None:
         t = simulator.timeline_from_run(args.run, args.skip)
         t.save(args.out)
         print(json.dumps(t.to_json(), indent=2))
+        return
+    if args.cmd == "contention":  # prints the factor for --contention K=FACTOR
+        solo = simulator.timeline_from_run(args.solo, args.skip)
+        copies = [simulator.timeline_from_run(run, args.skip) for run in args.copies]
+        print(f"{simulator.contention_from_runs(solo, copies):.4f}")
         return
     if args.cmd == "repeats":
         from gptdist.studies.plotting import plot_repeats
