@@ -20,12 +20,16 @@ COMM_ARGS=${COMM_ARGS:--b 64K -e 64M -w 1 -n 3}  # FSDP's root unit and the manu
 C="python launch/cluster.py --name $NAME"
 CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter $COMM_ARGS --overwrite"
 export OMP_NUM_THREADS=1
-trap '$C down' EXIT
+CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
+VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-$C down > /dev/null
-$C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
-stamp "cluster up ($RATE)"
+if [[ -z $VALIDATE_ONLY ]]; then
+  trap '$C down' EXIT
+  $C down > /dev/null
+  $C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
+  stamp "cluster up ($RATE)"
+fi
 validations=(); measured_validations=()
 copies() {  # K B: K copies of the 1-rank manual job at batch B, started together, no communication
   local pids=()
@@ -40,29 +44,31 @@ for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables
   modes=$MODES; [[ $i == 1 ]] && modes=$FIRST_MODES
   mkdir -p "$R/timelines" "$T"
-  stamp "repeat $i start"
-  # inputs 1: comm tables, one node (node 0, where the study runs its 1-node layouts) and across the link
-  $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB --out "$T/intra_n2" > "$T/intra_n2.console.txt"
-  $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB --out "$T/intra_n4" > "$T/intra_n4.console.txt"
-  $C torchrun --port 29710 --nproc-per-node 1 -- $CB --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
-  $C torchrun --port 29711 --nproc-per-node 2 -- $CB --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
-  # inputs 2: 1-rank runs at the per-rank batches 4 and 2 (b = 8 is the study's own 1-rank run)
-  for b in 4 2; do
+  if [[ -z $VALIDATE_ONLY ]]; then
+    stamp "repeat $i start"
+    # inputs 1: comm tables, one node (node 0, where the study runs its 1-node layouts) and across the link
+    $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB --out "$T/intra_n2" > "$T/intra_n2.console.txt"
+    $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB --out "$T/intra_n4" > "$T/intra_n4.console.txt"
+    $C torchrun --port 29710 --nproc-per-node 1 -- $CB --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
+    $C torchrun --port 29711 --nproc-per-node 2 -- $CB --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
+    # inputs 2: 1-rank runs at the per-rank batches 4 and 2 (b = 8 is the study's own 1-rank run)
+    for b in 4 2; do
+      python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
+        --world-sizes 1 --modes strong --per-rank-batch $b --steps "$STEPS" --warmup "$WARMUP" \
+        --runs-dir "$RR/single" --out "$R/single_b$b"
+    done
+    # inputs 3: CPU contention measured without communication (simulate.py contention): K copies of the 1-rank
+    # manual job at once, at the per-rank batch of the layouts with K ranks (2 and 2x1: b = 4; 2x2: b = 2)
+    copies 2 4; copies 4 2
+    k2=$(python launch/simulate.py contention "$RR/single/manual-n1-b4" "$RR"/copies/k2-b4-* --skip "$WARMUP")
+    k4=$(python launch/simulate.py contention "$RR/single/manual-n1-b2" "$RR"/copies/k4-b2-* --skip "$WARMUP")
+    echo "measured contention: 2=$k2,4=$k4" | tee "$R/contention.txt"
+    # the study
     python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
-      --world-sizes 1 --modes strong --per-rank-batch $b --steps "$STEPS" --warmup "$WARMUP" \
-      --runs-dir "$RR/single" --out "$R/single_b$b"
-  done
-  # inputs 3: CPU contention measured without communication (simulate.py contention): K copies of the 1-rank
-  # manual job at once, at the per-rank batch of the layouts with K ranks (2 and 2x1: b = 4; 2x2: b = 2)
-  copies 2 4; copies 4 2
-  k2=$(python launch/simulate.py contention "$RR/single/manual-n1-b4" "$RR"/copies/k2-b4-* --skip "$WARMUP")
-  k4=$(python launch/simulate.py contention "$RR/single/manual-n1-b2" "$RR"/copies/k4-b2-* --skip "$WARMUP")
-  echo "measured contention: 2=$k2,4=$k4" | tee "$R/contention.txt"
-  # the study
-  python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
-    --world-sizes "$WORLDS" --modes "$modes" --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" \
-    --out "$R/study" --note "emulated cluster: 2 nodes (network namespaces), each node's egress shaped to $RATE with tc tbf, no added latency; repeat $i of $REPEATS in one sitting"
-  stamp "repeat $i measured"
+      --world-sizes "$WORLDS" --modes "$modes" --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" \
+      --out "$R/study" --note "emulated cluster: 2 nodes (network namespaces), each node's egress shaped to $RATE with tc tbf, no added latency; repeat $i of $REPEATS in one sitting"
+    stamp "repeat $i measured"
+  fi
   for bk in ${BACKENDS//,/ }; do
     python launch/simulate.py extract "$RR/study/$bk-n1-b8" --skip "$WARMUP" --out "$R/timelines/$bk-n1-b8.json" > /dev/null
     for b in 4 2; do
@@ -74,15 +80,16 @@ for i in $(seq 1 "$REPEATS"); do
     local out=$1; shift
     python launch/simulate.py validate "$(timelines 8)" --small-timeline "$(timelines 4)" --small-timeline "$(timelines 2)" \
       --comm-table "$T/intra_n2,$T/intra_n4" --inter-table "2x1=$T/inter_2x1,2x2=$T/inter_2x2" \
-      --study "$R/study/results.json" --backends "$BACKENDS" --modes "$modes" --cores "$(nproc)" --no-prefetch \
+      --study "$R/study/results.json" --backends "$BACKENDS" --modes "$modes" --cores "$CORES" --no-prefetch \
       --out "$R/$out" "$@" | tee "$R/$out.console.txt"
   }
   validate validation
   validations+=("$R/validation/validation.json")
   # the same with the measured contention instead of the formula max(1, N·threads/cores)
-  validate validation_measured_contention --contention "2=$k2,4=$k4"
+  k=$(sed 's/^measured contention: //' "$R/contention.txt")  # 2=F2,4=F4
+  validate validation_measured_contention --contention "$k"
   measured_validations+=("$R/validation_measured_contention/validation.json")
-  stamp "repeat $i done"
+  [[ -n $VALIDATE_ONLY ]] || stamp "repeat $i done"
 done
 python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
 python launch/simulate.py repeats "${measured_validations[@]}" --out "$OUT/measured_contention"

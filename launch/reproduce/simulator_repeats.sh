@@ -22,7 +22,7 @@ for i in $(seq 1 "$REPEATS"); do
     spec+="${spec:+,}$b=$R/timelines/$b.json"
   done
   python launch/simulate.py validate "$spec" --comm-table "$R/comm_n2" --study "$R/study/results.json" \
-    --backends "$BACKENDS" --modes strong --cores "$(nproc)" --no-prefetch --out "$R/validation"
+    --backends "$BACKENDS" --modes strong --cores "$(getconf _NPROCESSORS_ONLN)" --no-prefetch --out "$R/validation"
   validations+=("$R/validation/validation.json")
 done
 python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
