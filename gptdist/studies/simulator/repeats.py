@@ -9,11 +9,17 @@ import json
 import statistics
 from pathlib import Path
 
+from gptdist.errors import ConfigError
+
 
 def error_spread(validations: list[Path]) -> dict:
     per_run: dict[tuple, list[dict]] = {}
     for path in validations:
-        for r in json.loads(Path(path).read_text())["rows"]:
+        try:
+            rows = json.loads(Path(path).read_text())["rows"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a validation.json (launch/simulate.py validate --out): {e}") from None
+        for r in rows:
             if r["world"] > 1:
                 per_run.setdefault((r["mode"], r["backend"], r["layout"]), []).append(r)
     rows = []
