@@ -458,6 +458,12 @@ def test_comm_from_table_interpolates_the_measured_times(tmp_path):
     assert comm("all_gather", 10, 2) == pytest.approx(10.0 / 1e3)  # below the range: the smallest size's time
     assert comm("all_gather", 6000, 2) == pytest.approx((30.0 + 10.0 / 2000 * 2000) / 1e3)  # last slope onwards
     assert comm("all_gather", 6000, 1) == 0.0
+    # a noisy top (the largest size measured faster than the one before): never a shorter time for more
+    # bytes, nor a negative one; the largest size's 25 us / 4000 B carried on: 25 + 2000 * 25 / 4000 = 37.5 us
+    noisy = tmp_path / "noisy.json"
+    noisy.write_text(json.dumps({"results": [{"op": "all_gather", "world_size": 2, "size_bytes": s, "time_us": t}
+                                             for s, t in [(1000, 10.0), (2000, 30.0), (4000, 25.0)]]}))
+    assert comm_from_table([noisy])("all_gather", 6000, 2) == pytest.approx(37.5 / 1e3)
     with pytest.raises(ConfigError, match=r"no reduce_scatter at 2 ranks \(measured: all_gather@2\)"):
         comm("reduce_scatter", 1000, 2)
     with pytest.raises(ConfigError, match="comm table not found"):

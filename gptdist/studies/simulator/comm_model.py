@@ -37,7 +37,8 @@ def comm_from_fit(path: str | Path, extrapolate: bool = True) -> CommFn:
 def comm_from_table(paths: list[str | Path]) -> CommFn:
     """The measured comm_bench tables themselves (results.json files, or folders holding one), per op and
     world size: time at a size is interpolated linearly between the two measured sizes around it (sizes
-    are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it.
+    are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it (the
+    largest size's time per byte where that slope is not positive: a later size measured faster is noise).
     Unlike an α–β fit, which one line through 1 KiB..64 MiB makes miss the large sizes by up to ~1.7× on
     gloo, it follows the measurement at every size; it knows only the world sizes that were measured, and
     one table per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
@@ -74,7 +75,10 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
             if nbytes <= s1:
                 return (t0 + (t1 - t0) * (nbytes - s0) / (s1 - s0)) / 1e3
         (s0, t0), (s1, t1) = points[-2], points[-1]
-        return (t1 + (t1 - t0) / (s1 - s0) * (nbytes - s1)) / 1e3
+        slope = (t1 - t0) / (s1 - s0)
+        if slope <= 0:  # a noisy top of the table (few timed calls): scale the largest size's time instead
+            slope = t1 / s1
+        return (t1 + slope * (nbytes - s1)) / 1e3
 
     return time_ms
 
