@@ -12,6 +12,10 @@
     python launch/simulate.py validate timeline.json --fit ... --study docs/results/scaling_cpu_gloo/results.json --cores 2
     # a timeline per backend: BACKEND=PATH,... (every backend predicted must be named)
     python launch/simulate.py validate manual=t_manual.json,ddp=t_ddp.json --backends manual,ddp,fsdp ...
+    # a measured contention (--contention K=FACTOR): K copies of the 1-rank job at once vs the job alone
+    python launch/simulate.py contention runs/solo-b4 runs/copy0 runs/copy1
+    # 4. the error with its spread over repeated sittings (each repeat's own inputs and study)
+    python launch/simulate.py repeats DIR/repeat1/validation/validation.json DIR/repeat2/... --out DIR
     # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
     python launch/simulate.py model --preset gpt2 --seq-len 1024 --batch 16 --mfu 0.4 --peak-tflops 989 --out t.json
 """
@@ -88,27 +92,25 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
 
     comm = _comm(args)
     inter = simulator.inter_tables(getattr(args, "inter_table", "") or "")  # per-layout tables across nodes
-    small = None
-    if args.small_timeline:  # compute vs batch from two measured single-rank points (affine)
-        small = _timeline_for(_timeline_paths(args.small_timeline, "--small-timeline"), backend, "--small-timeline")
+    measured = [timeline]  # 1-rank timelines of this backend at every batch measured
+    for text in args.small_timeline or []:
+        small = _timeline_for(_timeline_paths(text, "--small-timeline"), backend, "--small-timeline")
         if small.backend and timeline.backend and small.backend != timeline.backend:
             raise ConfigError(f"--small-timeline for {backend} comes from a {small.backend} run, the timeline from a "
                               f"{timeline.backend} run: give both from the same backend (BACKEND=PATH,...)")
+        measured.append(small)
     rows, preds = [], []
     base = None
     for i, layout in enumerate(worlds):
         n = layout.world
-        share = 1.0 / n if mode == "strong" else 1.0
+        replayed, share = timeline, (1.0 / n if mode == "strong" else 1.0)
         if tokens_per_rank is not None:
             if not timeline.tokens_per_step:
                 raise ConfigError(f"{timeline.source or 'the timeline'} has no tokens_per_step (extract it from a run folder)")
-            share = tokens_per_rank[i] / timeline.tokens_per_step
-        replayed = timeline
-        if small is not None:
-            if small.tokens_per_step and abs(timeline.tokens_per_step * share - small.tokens_per_step) < 0.5:
-                replayed, share = small, 1.0  # a timeline measured at this very batch: replay it as it is
-            else:
-                share = simulator.batch_compute_scale(timeline, small, timeline.tokens_per_step * share)
+            # the timeline measured at this rank's batch, else the nearest one scaled (simulator.timeline_for_tokens)
+            replayed, share = simulator.timeline_for_tokens(measured, tokens_per_rank[i])
+        elif len(measured) > 1:
+            replayed, share = simulator.timeline_for_tokens(measured, timeline.tokens_per_step * share)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         contention = _measured_contention(args).get(n, contention)
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
@@ -151,6 +153,15 @@ def main(argv: list[str]) -> None:
     e.add_argument("run", help="a 1-rank instrumented run folder")
     e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
     e.add_argument("--out", required=True, help="timeline JSON to write")
+    ct = sub.add_parser("contention", formatter_class=HelpFormatter,
+                        help="measured CPU contention: K copies of a 1-rank job run at once vs that job alone")
+    ct.add_argument("solo", help="the 1-rank run folder, run alone")
+    ct.add_argument("copies", nargs="+", help="the run folders of the K copies run at the same time")
+    ct.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
+    rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
+                        help="the error per run with its spread over repeated validations (one validation.json each)")
+    rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat")
+    rp.add_argument("--out", required=True, help="folder for repeats.json, repeats.md and repeats_<mode>.png")
     m = sub.add_parser("model", formatter_class=HelpFormatter, help="a MODELLED single-GPU timeline from FLOPs at an assumed MFU")
     m.add_argument("--preset", default="gpt2", help="model preset (gptdist.model.PRESETS)")
     m.add_argument("--vocab-size", type=int, default=50304, help="vocabulary size")
@@ -175,8 +186,9 @@ def main(argv: list[str]) -> None:
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
         q.add_argument("--threads-per-rank", type=int, default=1, help="threads per rank (CPU contention model)")
         q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C)")
-        q.add_argument("--small-timeline", help="a second 1-rank timeline at a smaller batch: compute(batch) affine "
-                       "(PATH or BACKEND=PATH,...)")
+        q.add_argument("--small-timeline", action="append", help="another 1-rank timeline at a smaller batch "
+                       "(PATH or BACKEND=PATH,...; repeat it for more batches): a run at a measured batch replays "
+                       "that timeline, others the nearest one with compute(batch) affine between two")
         q.add_argument("--no-overlap", action="store_true", help="all-reduces after backward (manual/ddp)")
         q.add_argument("--no-prefetch", action="store_true", help="fsdp: no all-gather prefetch")
         q.add_argument("--out", help="report folder")
@@ -191,6 +203,23 @@ def main(argv: list[str]) -> None:
         t = simulator.timeline_from_run(args.run, args.skip)
         t.save(args.out)
         print(json.dumps(t.to_json(), indent=2))
+        return
+    if args.cmd == "contention":  # prints the factor for --contention K=FACTOR
+        solo = simulator.timeline_from_run(args.solo, args.skip)
+        copies = [simulator.timeline_from_run(run, args.skip) for run in args.copies]
+        print(f"{simulator.contention_from_runs(solo, copies):.4f}")
+        return
+    if args.cmd == "repeats":
+        from gptdist.studies.plotting import plot_repeats
+        from gptdist.studies.simulator.repeats import error_spread, markdown
+
+        spread = error_spread([Path(p) for p in args.validations])
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "repeats.json").write_text(json.dumps(spread, indent=2) + "\n")
+        (out / "repeats.md").write_text(markdown(spread) + "\n")
+        print(markdown(spread))
+        plot_repeats(spread["rows"], out)
         return
     if args.cmd == "model":
         from gptdist.model import PRESETS

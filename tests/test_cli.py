@@ -22,6 +22,8 @@ BAD_INPUT = [
     (["launch/bench_throughput.py", "--preset", "test", "--n-head", "3"], "error: n_embd 32 is not divisible by n_head 3"),
     (["launch/evaluate.py", "--random-init", "test", "--tasks", "val", "--dtype", "float32"], "error: --dtype: 'float32' is not one of auto, fp32, bf16 (use 'fp32')"),
     (["launch/simulate.py", "predict", "nope.json", "--profile", "h100-nvlink-8"], "error: "),
+    (["launch/simulate.py", "contention", "nope", "nope2"], "error: "),
+    (["launch/simulate.py", "repeats", "nope.json", "--out", "OUT"], "error: nope.json is not a validation.json"),
     (["launch/analyze_trace.py", "nope.json"], "error: "),
     (["launch/sample.py", "--checkpoint", "nope"], "error: "),
     (["launch/prepare_data.py", "--source", "nope.txt", "--out", "OUT"], "error: "),
@@ -43,7 +45,8 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 HELP = [["launch/train.py"], ["launch/scaling.py"], ["launch/ladder.py"], ["launch/bench_throughput.py"],
         ["launch/evaluate.py"], ["launch/sample.py"], ["launch/analyze_trace.py"], ["launch/prepare_data.py"],
         ["launch/bench_instrumentation.py"], ["launch/simulate.py", "extract"], ["launch/simulate.py", "model"],
-        ["launch/simulate.py", "predict"], ["launch/simulate.py", "validate"], ["launch/replot.py"]]
+        ["launch/simulate.py", "predict"], ["launch/simulate.py", "validate"], ["launch/simulate.py", "contention"],
+        ["launch/simulate.py", "repeats"], ["launch/replot.py"]]
 
 
 @pytest.mark.parametrize("launcher", [h for h in HELP if h != ["launch/train.py"]], ids=lambda h: " ".join(h))

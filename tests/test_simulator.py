@@ -320,6 +320,33 @@ def test_batch_compute_scale_is_affine_through_two_points():
         batch_compute_scale(big, big, 100)
 
 
+def test_timeline_for_tokens_replays_the_measured_batch_or_the_nearest_scaled():
+    """Strong scaling on 2 cores: a rank at 2 and 2x1 computes 4 sequences, at 2x2 2 sequences; the timeline
+    measured at that batch is replayed as it is, any other batch the nearest one scaled affinely."""
+    from gptdist.studies.simulator import timeline_for_tokens
+
+    def at(tokens, work):  # pre 1/4 of the work, backward 3/4
+        return Timeline(pre_ms=work / 4, backward_ms=3 * work / 4, post_ms={}, other_ms=0.0, buckets=[],
+                        tokens_per_step=tokens)
+
+    b8, b4, b2 = at(800, 100.0), at(400, 60.0), at(200, 40.0)  # work: 20 ms fixed + 0.1 ms/token
+    assert timeline_for_tokens([b8, b4, b2], 400) == (b4, 1.0)
+    assert timeline_for_tokens([b8, b4, b2], 200) == (b2, 1.0)
+    # 300 tokens: 100 from both 200 and 400 (a tie: the larger), affine through them: 20 + 30 = 50 ms of 60
+    t, scale = timeline_for_tokens([b8, b2, b4], 300)
+    assert t is b4 and scale == pytest.approx(50 / 60)
+    # 700 tokens: nearest 800, between 400 and 800 (slope 0.1): 90 ms of 100
+    t, scale = timeline_for_tokens([b8, b4, b2], 700)
+    assert t is b8 and scale == pytest.approx(0.9)
+    # 100 tokens, below every batch: the two nearest (200, 400) extrapolated: 30 ms of the 200's 40
+    t, scale = timeline_for_tokens([b8, b4, b2], 100)
+    assert t is b2 and scale == pytest.approx(30 / 40)
+    # one timeline: a straight share (strong scaling's 1/N)
+    assert timeline_for_tokens([b8], 200) == (b8, 0.25)
+    with pytest.raises(ConfigError, match="tokens_per_step"):
+        timeline_for_tokens([b8, at(0, 10.0)], 400)
+
+
 def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     """`simulate.py validate manual=A,ddp=B`: each backend is replayed from its own timeline (DDP's bucket
     layout differs from the manual backend's), errors are predicted / measured - 1, per row."""
@@ -431,6 +458,12 @@ def test_comm_from_table_interpolates_the_measured_times(tmp_path):
     assert comm("all_gather", 10, 2) == pytest.approx(10.0 / 1e3)  # below the range: the smallest size's time
     assert comm("all_gather", 6000, 2) == pytest.approx((30.0 + 10.0 / 2000 * 2000) / 1e3)  # last slope onwards
     assert comm("all_gather", 6000, 1) == 0.0
+    # a noisy top (the largest size measured faster than the one before): never a shorter time for more
+    # bytes, nor a negative one; the largest size's 25 us / 4000 B carried on: 25 + 2000 * 25 / 4000 = 37.5 us
+    noisy = tmp_path / "noisy.json"
+    noisy.write_text(json.dumps({"results": [{"op": "all_gather", "world_size": 2, "size_bytes": s, "time_us": t}
+                                             for s, t in [(1000, 10.0), (2000, 30.0), (4000, 25.0)]]}))
+    assert comm_from_table([noisy])("all_gather", 6000, 2) == pytest.approx(37.5 / 1e3)
     with pytest.raises(ConfigError, match=r"no reduce_scatter at 2 ranks \(measured: all_gather@2\)"):
         comm("reduce_scatter", 1000, 2)
     with pytest.raises(ConfigError, match="comm table not found"):

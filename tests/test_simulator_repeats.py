@@ -9,7 +9,9 @@ from gptdist.studies.simulator.repeats import error_spread, markdown
 
 def validation(path, errors: dict[str, float]):
     rows = [{"mode": "strong", "backend": b, "world": 1, "layout": "1", "error": 0.0} for b in errors]
-    rows += [{"mode": "strong", "backend": b, "world": 2, "layout": "2", "error": e} for b, e in errors.items()]
+    # measured 100 ms at 2 ranks; predicted (1 + error) x 100
+    rows += [{"mode": "strong", "backend": b, "world": 2, "layout": "2", "error": e, "measured_ms": 100.0,
+              "predicted_ms": 100.0 * (1 + e)} for b, e in errors.items()]
     path.write_text(json.dumps({"rows": rows}))
     return path
 
@@ -24,3 +26,18 @@ def test_spread_per_run_and_overall(tmp_path):
     # the 1-rank rows (error 0 by construction) are left out: mean of 0.111, 0.197, 0.03, 0.05
     assert spread["mean_abs_error"] == pytest.approx(0.097) and spread["max_abs_error"] == pytest.approx(0.197)
     assert "-11.1%, +3.0%" in markdown(spread)
+
+
+def test_cli_writes_spread_and_plot(tmp_path):
+    """`simulate.py repeats`: the spread as JSON and markdown, and the predicted-vs-measured plot per mode."""
+    from launchers import python
+
+    paths = [validation(tmp_path / "a.json", {"manual": -0.1, "ddp": 0.05}),
+             validation(tmp_path / "b.json", {"manual": 0.02, "ddp": 0.07})]
+    python(["launch/simulate.py", "repeats", *map(str, paths), "--out", str(tmp_path / "out")])
+    spread = json.loads((tmp_path / "out" / "repeats.json").read_text())
+    manual = next(r for r in spread["rows"] if r["backend"] == "manual")
+    assert manual["measured_ms"] == [100.0, 100.0] and manual["predicted_ms"] == pytest.approx([90.0, 102.0])
+    assert spread["mean_abs_error"] == pytest.approx((0.1 + 0.05 + 0.02 + 0.07) / 4)
+    assert "| strong | ddp | 2 | +5.0%, +7.0% | +6.0% |" in (tmp_path / "out" / "repeats.md").read_text()
+    assert (tmp_path / "out" / "repeats_strong.png").stat().st_size > 1000

@@ -122,21 +122,28 @@ def plot_report(rows: list[dict[str, Any]], out_dir: Path, predicted: bool = Fal
     return paths
 
 
-def plot_predicted_vs_measured(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """validation_<mode>.png: per backend, the measured step (bar, p25–p75 whisker) and the predicted one
-    (marker, error in % above it) at each layout. rows: `launch/simulate.py validate`'s rows."""
+def _backend_panels_per_mode(rows: list[dict[str, Any]]):
+    """For each mode of `rows`: (mode, its rows, fig, axes, [(ax, backend, that backend's rows), ...]), one
+    panel per backend in a row, sharing the y axis (the predicted-vs-measured figures)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
     for mode in sorted({r["mode"] for r in rows}):
         mine = [r for r in rows if r["mode"] == mode]
         backends = sorted({r["backend"] for r in mine})
         fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 4), sharey=True, squeeze=False)
-        for ax, b in zip(axes[0], backends):
-            rs = [r for r in mine if r["backend"] == b]  # in the study's order (by world size)
+        panels = [(ax, b, [r for r in mine if r["backend"] == b]) for ax, b in zip(axes[0], backends)]
+        yield mode, mine, fig, axes, panels
+
+
+def plot_predicted_vs_measured(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """validation_<mode>.png: per backend, the measured step (bar, p25–p75 whisker) and the predicted one
+    (marker, error in % above it) at each layout. rows: `launch/simulate.py validate`'s rows."""
+    paths = []
+    for mode, mine, fig, axes, panels in _backend_panels_per_mode(rows):
+        for ax, b, rs in panels:  # rs in the study's order (by world size)
             x = list(range(len(rs)))
             measured = [r["measured_ms"] for r in rs]
             spread = [[m - r["measured_p25"] for m, r in zip(measured, rs)], [r["measured_p75"] - m for m, r in zip(measured, rs)]]
@@ -152,6 +159,33 @@ def plot_predicted_vs_measured(rows: list[dict[str, Any]], out_dir: Path) -> lis
         axes[0][0].set_ylim(0, 1.12 * max(max(r["predicted_ms"], r["measured_p75"]) for r in mine))
         paths.append(_save_backend_panels(fig, axes, f"{mode} scaling: predicted vs measured step",
                                           out_dir / f"validation_{mode}.png"))
+    return paths
+
+
+def plot_repeats(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """repeats_<mode>.png: per backend, at each multi-rank layout the measured step of every repeat (bar: the
+    mean, whisker: min to max) and each repeat's prediction (markers), the mean error above.
+    rows: `simulator.repeats.error_spread`'s rows."""
+    paths = []
+    for mode, mine, fig, axes, panels in _backend_panels_per_mode(rows):
+        for ax, b, rs in panels:
+            x = list(range(len(rs)))
+            mean = [sum(r["measured_ms"]) / len(r["measured_ms"]) for r in rs]
+            spread = [[m - min(r["measured_ms"]) for m, r in zip(mean, rs)], [max(r["measured_ms"]) - m for m, r in zip(mean, rs)]]
+            ax.bar(x, mean, color="#9ecae1", yerr=spread, capsize=3, label="measured (mean, min–max over repeats)")
+            for xi, r in zip(x, rs):
+                ax.plot([xi] * len(r["predicted_ms"]), r["predicted_ms"], "kD", markersize=4,
+                        label="predicted (each repeat)" if xi == 0 else None)
+                top = max(max(r["predicted_ms"]), max(r["measured_ms"]))
+                ax.annotate(f"{100 * r['mean']:+.1f}%", (xi, top), textcoords="offset points", xytext=(0, 5),
+                            ha="center", fontsize=8)
+            ax.set_xticks(x, [r["layout"] for r in rs])
+            ax.set_xlabel("layout (N, or nodes x ranks per node)")
+            ax.set_title(b)
+        axes[0][0].set_ylim(0, 1.12 * max(max(max(r["predicted_ms"]), max(r["measured_ms"])) for r in mine))
+        n = max(len(r["errors"]) for r in mine)
+        paths.append(_save_backend_panels(fig, axes, f"{mode} scaling: predicted vs measured step, {n} repeat(s)",
+                                          out_dir / f"repeats_{mode}.png"))
     return paths
 
 

@@ -22,16 +22,7 @@ for i in $(seq 1 "$REPEATS"); do
     spec+="${spec:+,}$b=$R/timelines/$b.json"
   done
   python launch/simulate.py validate "$spec" --comm-table "$R/comm_n2" --study "$R/study/results.json" \
-    --backends "$BACKENDS" --modes strong --cores "$(nproc)" --no-prefetch --out "$R/validation"
+    --backends "$BACKENDS" --modes strong --cores "$(getconf _NPROCESSORS_ONLN)" --no-prefetch --out "$R/validation"
   validations+=("$R/validation/validation.json")
 done
-python - "$OUT" "${validations[@]}" <<'PY'
-import json, sys
-from pathlib import Path
-from gptdist.studies.simulator.repeats import error_spread, markdown
-out, paths = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
-spread = error_spread(paths)
-(out / "repeats.json").write_text(json.dumps(spread, indent=2) + "\n")
-(out / "repeats.md").write_text(markdown(spread) + "\n")
-print(markdown(spread))
-PY
+python launch/simulate.py repeats "${validations[@]}" --out "$OUT"

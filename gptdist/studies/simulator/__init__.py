@@ -38,7 +38,9 @@ recorder sees every FSDP collective as blocking).
 Compute per unit is split in proportion to its model FLOPs. One comm stream for all collectives.
 
 COMPUTE AT N RANKS: `compute_scale` multiplies the batch-dependent part (pre, backward, bucket ready
-times): 1/N for strong scaling (the per-rank batch shrinks), 1 for weak scaling. `contention` multiplies
+times): 1/N for strong scaling (the per-rank batch shrinks), 1 for weak scaling. With 1-rank timelines
+measured at several batches, `timeline_for_tokens` picks the one measured at the rank's own batch (scale 1)
+or the nearest one with an affine compute(batch) through the two around it. `contention` multiplies
 all compute: 1 on GPUs (a rank owns its device); on a CPU with C cores and N ranks of t threads each,
 `cpu_contention(N, t, C)` = max(1, N·t / C) (a rank gets C/(N·t) of a core's time). That is the one
 thing the simulator does not know by itself; a measured factor (`contention_from_runs`: K copies of the
@@ -60,7 +62,7 @@ from gptdist.studies.simulator.timeline import (  # noqa: F401
     POST_PHASES, BucketTiming, Timeline, load_timeline, timeline_from_steps, timeline_from_run, modelled_timeline,
 )
 from gptdist.studies.simulator.comm_model import (  # noqa: F401
-    CommFn, comm_from_fit, comm_from_table, comm_for_layout, inter_tables, HardwareProfile, PROFILES, comm_from_profile, batch_compute_scale, cpu_contention, cpu_overlap, contention_from_runs,
+    CommFn, comm_from_fit, comm_from_table, comm_for_layout, inter_tables, HardwareProfile, PROFILES, comm_from_profile, batch_compute_scale, timeline_for_tokens, cpu_contention, cpu_overlap, contention_from_runs,
 )
 from gptdist.studies.simulator.schedule import (  # noqa: F401
     SCHEDULE_OF, CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate,

@@ -37,7 +37,8 @@ def comm_from_fit(path: str | Path, extrapolate: bool = True) -> CommFn:
 def comm_from_table(paths: list[str | Path]) -> CommFn:
     """The measured comm_bench tables themselves (results.json files, or folders holding one), per op and
     world size: time at a size is interpolated linearly between the two measured sizes around it (sizes
-    are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it.
+    are a factor 2 apart), the smallest size's time below the range, the last two points' slope above it (the
+    largest size's time per byte where that slope is not positive: a later size measured faster is noise).
     Unlike an α–β fit, which one line through 1 KiB..64 MiB makes miss the large sizes by up to ~1.7× on
     gloo, it follows the measurement at every size; it knows only the world sizes that were measured, and
     one table per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
@@ -74,7 +75,10 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
             if nbytes <= s1:
                 return (t0 + (t1 - t0) * (nbytes - s0) / (s1 - s0)) / 1e3
         (s0, t0), (s1, t1) = points[-2], points[-1]
-        return (t1 + (t1 - t0) / (s1 - s0) * (nbytes - s1)) / 1e3
+        slope = (t1 - t0) / (s1 - s0)
+        if slope <= 0:  # a noisy top of the table (few timed calls): scale the largest size's time instead
+            slope = t1 / s1
+        return (t1 + slope * (nbytes - s1)) / 1e3
 
     return time_ms
 
@@ -142,6 +146,34 @@ def batch_compute_scale(big: "Timeline", small: "Timeline", tokens: float) -> fl
     slope = (w_big - w_small) / (big.tokens_per_step - small.tokens_per_step)
     intercept = w_big - slope * big.tokens_per_step
     return (intercept + slope * tokens) / w_big
+
+
+def timeline_for_tokens(timelines: list["Timeline"], tokens: float) -> tuple["Timeline", float]:
+    """The 1-rank timeline to replay for a rank that computes `tokens` per step, and its compute_scale.
+
+    One measured at that very batch is replayed as it is (scale 1): its compute, bucket ready times and
+    fixed per-step costs are those of the batch the rank will have. Otherwise the nearest measured batch
+    is replayed, scaled by the affine compute(batch) through the two measured batches around `tokens`
+    (the two nearest when it lies outside them; a tie goes to the larger batch). With one timeline: a
+    straight tokens / its tokens (the 1/N of strong scaling)."""
+    if not timelines:
+        raise ConfigError("timeline_for_tokens needs at least one timeline")
+    if any(not t.tokens_per_step for t in timelines):
+        raise ConfigError("every timeline needs tokens_per_step (extract it from a run folder)")
+    by_distance = sorted(timelines, key=lambda t: (abs(t.tokens_per_step - tokens), -t.tokens_per_step))
+    nearest = by_distance[0]
+    if abs(nearest.tokens_per_step - tokens) < 0.5:
+        return nearest, 1.0
+    if len({t.tokens_per_step for t in timelines}) < 2:
+        return nearest, tokens / nearest.tokens_per_step
+    below = [t for t in by_distance if t.tokens_per_step < tokens]
+    above = [t for t in by_distance if t.tokens_per_step > tokens]
+    if below and above:
+        pair = (below[0], above[0])
+    else:  # outside the measured batches: the two nearest distinct ones
+        pair = (nearest, next(t for t in by_distance if t.tokens_per_step != nearest.tokens_per_step))
+    other = pair[1] if pair[0] is nearest else pair[0]
+    return nearest, batch_compute_scale(nearest, other, tokens)
 
 
 def cpu_contention(world_size: int, threads_per_rank: int, cores: int) -> float:

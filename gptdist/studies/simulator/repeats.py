@@ -1,6 +1,7 @@
 """The simulator's error over repeated sittings: each repeat measured its own inputs (1-rank timelines,
 comm tables) and its own study, then `launch/simulate.py validate` wrote a validation.json. This gathers
-them: per (mode, backend, layout) the error of every repeat, its mean, min and max, and overall mean |error|."""
+them: per (mode, backend, layout) the error of every repeat (with its measured and predicted step), its mean,
+min and max, and overall mean |error|."""
 
 from __future__ import annotations
 
@@ -8,15 +9,26 @@ import json
 import statistics
 from pathlib import Path
 
+from gptdist.errors import ConfigError
+
 
 def error_spread(validations: list[Path]) -> dict:
-    per_run: dict[tuple, list[float]] = {}
+    per_run: dict[tuple, list[dict]] = {}
     for path in validations:
-        for r in json.loads(Path(path).read_text())["rows"]:
+        try:
+            rows = json.loads(Path(path).read_text())["rows"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a validation.json (launch/simulate.py validate --out): {e}") from None
+        for r in rows:
             if r["world"] > 1:
-                per_run.setdefault((r["mode"], r["backend"], r["layout"]), []).append(r["error"])
-    rows = [{"mode": m, "backend": b, "layout": l, "errors": errs, "mean": statistics.mean(errs), "min": min(errs),
-             "max": max(errs)} for (m, b, l), errs in sorted(per_run.items())]
+                per_run.setdefault((r["mode"], r["backend"], r["layout"]), []).append(r)
+    rows = []
+    for (m, b, l), runs in sorted(per_run.items()):
+        errs = [r["error"] for r in runs]
+        rows.append({"mode": m, "backend": b, "layout": l, "errors": errs, "mean": statistics.mean(errs),
+                     "min": min(errs), "max": max(errs), "measured_ms": [r.get("measured_ms") for r in runs],
+                     "predicted_ms": [r.get("predicted_ms") for r in runs]})
+    per_run = {k: [r["error"] for r in runs] for k, runs in per_run.items()}
     every = [e for errs in per_run.values() for e in errs]
     return {"repeats": len(validations), "rows": rows,
             "mean_abs_error": statistics.mean(abs(e) for e in every) if every else None,

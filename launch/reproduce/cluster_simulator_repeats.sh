@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The simulator's validation on the emulated cluster (docs/cluster.md), measured in ONE sitting and repeated:
+# the cluster sibling of simulator_repeats.sh. Each repeat measures the simulator's inputs, none of them a
+# multi-rank training run -- comm_bench tables in one node (n0 loopback, 2 and 4 ranks) and across the link
+# (2x1, 2x2), 1-rank timelines at every per-rank batch the layouts will have (strong, global batch 8:
+# b = 8 at 1 rank, 4 at 2 and 2x1, 2 at 2x2; weak: 2), and K copies of the 1-rank job run at once (the CPU
+# contention, no communication) -- then the study itself, then `simulate.py validate` twice: with the
+# contention formula (the model of record: it needs only the core count) and with the measured one.
+# At the end: the error per run with its spread over the repeats (repeats.md/json, repeats.png). As root:
+#     REPEATS=2 STEPS=12 WARMUP=3 RATE=1gbit FIRST_MODES=strong,weak \
+#       OUT=docs/results/cluster_simulator_repeats_cpu_netns bash launch/reproduce/cluster_simulator_repeats.sh
+# FIRST_MODES: the first repeat's study modes (strong,weak: it is also the weak-scaling study); MODES: the rest.
+set -euo pipefail
+REPEATS=${REPEATS:-2}; STEPS=${STEPS:-12}; WARMUP=${WARMUP:-3}; RATE=${RATE:-1gbit}
+MODES=${MODES:-strong}; FIRST_MODES=${FIRST_MODES:-$MODES}
+BACKENDS=${BACKENDS:-manual,ddp,fsdp}; WORLDS=${WORLDS:-1,2,2x1,2x2}
+OUT=${OUT:-runs/cluster_simulator_repeats/report}; RUNS=${RUNS:-runs/cluster_simulator_repeats}
+NAME=${NAME:-csr}; SUBNET=${SUBNET:-10.217.0.0/24}
+COMM_ARGS=${COMM_ARGS:--b 64K -e 64M -w 1 -n 3}  # FSDP's root unit and the manual backend's largest bucket: 51.5 MB
+C="python launch/cluster.py --name $NAME"
+CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter $COMM_ARGS --overwrite"
+export OMP_NUM_THREADS=1
+CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
+VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
+mkdir -p "$OUT"
+stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
+if [[ -z $VALIDATE_ONLY ]]; then
+  trap '$C down' EXIT
+  $C down > /dev/null
+  $C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
+  stamp "cluster up ($RATE)"
+fi
+validations=(); measured_validations=()
+copies() {  # K B: K copies of the 1-rank manual job at batch B, started together, no communication
+  local pids=()
+  for c in $(seq 0 $(($1 - 1))); do
+    torchrun --standalone --nproc-per-node 1 launch/train.py --config configs/scaling_cpu.yaml --backend manual \
+      --data.batch_size "$2" --train.global_batch_tokens $(($2 * 64)) --train.max_steps "$STEPS" \
+      --log.out_dir "$RR/copies" --log.run_name "k$1-b$2-$c" --log.overwrite true > /dev/null 2>&1 & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+}
+for i in $(seq 1 "$REPEATS"); do
+  R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables
+  modes=$MODES; [[ $i == 1 ]] && modes=$FIRST_MODES
+  mkdir -p "$R/timelines" "$T"
+  if [[ -z $VALIDATE_ONLY ]]; then
+    stamp "repeat $i start"
+    # inputs 1: comm tables, one node (node 0, where the study runs its 1-node layouts) and across the link
+    $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB --out "$T/intra_n2" > "$T/intra_n2.console.txt"
+    $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB --out "$T/intra_n4" > "$T/intra_n4.console.txt"
+    $C torchrun --port 29710 --nproc-per-node 1 -- $CB --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
+    $C torchrun --port 29711 --nproc-per-node 2 -- $CB --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
+    # inputs 2: 1-rank runs at the per-rank batches 4 and 2 (b = 8 is the study's own 1-rank run)
+    for b in 4 2; do
+      python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
+        --world-sizes 1 --modes strong --per-rank-batch $b --steps "$STEPS" --warmup "$WARMUP" \
+        --runs-dir "$RR/single" --out "$R/single_b$b"
+    done
+    # inputs 3: CPU contention measured without communication (simulate.py contention): K copies of the 1-rank
+    # manual job at once, at the per-rank batch of the layouts with K ranks (2 and 2x1: b = 4; 2x2: b = 2)
+    copies 2 4; copies 4 2
+    k2=$(python launch/simulate.py contention "$RR/single/manual-n1-b4" "$RR"/copies/k2-b4-* --skip "$WARMUP")
+    k4=$(python launch/simulate.py contention "$RR/single/manual-n1-b2" "$RR"/copies/k4-b2-* --skip "$WARMUP")
+    echo "measured contention: 2=$k2,4=$k4" | tee "$R/contention.txt"
+    # the study
+    python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
+      --world-sizes "$WORLDS" --modes "$modes" --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" \
+      --out "$R/study" --note "emulated cluster: 2 nodes (network namespaces), each node's egress shaped to $RATE with tc tbf, no added latency; repeat $i of $REPEATS in one sitting"
+    stamp "repeat $i measured"
+  fi
+  for bk in ${BACKENDS//,/ }; do
+    python launch/simulate.py extract "$RR/study/$bk-n1-b8" --skip "$WARMUP" --out "$R/timelines/$bk-n1-b8.json" > /dev/null
+    for b in 4 2; do
+      python launch/simulate.py extract "$RR/single/$bk-n1-b$b" --skip "$WARMUP" --out "$R/timelines/$bk-n1-b$b.json" > /dev/null
+    done
+  done
+  timelines() { local s=""; for bk in ${BACKENDS//,/ }; do s+="${s:+,}$bk=$R/timelines/$bk-n1-b$1.json"; done; echo "$s"; }
+  validate() {  # OUT [extra flags]: every run of this repeat's study, from this repeat's inputs
+    local out=$1; shift
+    python launch/simulate.py validate "$(timelines 8)" --small-timeline "$(timelines 4)" --small-timeline "$(timelines 2)" \
+      --comm-table "$T/intra_n2,$T/intra_n4" --inter-table "2x1=$T/inter_2x1,2x2=$T/inter_2x2" \
+      --study "$R/study/results.json" --backends "$BACKENDS" --modes "$modes" --cores "$CORES" --no-prefetch \
+      --out "$R/$out" "$@" | tee "$R/$out.console.txt"
+  }
+  validate validation
+  validations+=("$R/validation/validation.json")
+  # the same with the measured contention instead of the formula max(1, N·threads/cores)
+  k=$(sed 's/^measured contention: //' "$R/contention.txt")  # 2=F2,4=F4
+  validate validation_measured_contention --contention "$k"
+  measured_validations+=("$R/validation_measured_contention/validation.json")
+  [[ -n $VALIDATE_ONLY ]] || stamp "repeat $i done"
+done
+python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
+python launch/simulate.py repeats "${measured_validations[@]}" --out "$OUT/measured_contention"
