@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from gptdist.config import Config
+from gptdist.cpu_memory import keep_freed_memory
 from gptdist.dist import DistContext
 from gptdist.optim import set_lr
 from gptdist.parallel import parallelize
@@ -54,6 +55,8 @@ class TrainStep:
     def __init__(self, model: nn.Module, cfg: Config, ctx: DistContext, recorder=None,
                  phase: Callable[[str], ContextManager] = _no_phase):
         self.device = ctx.device
+        if ctx.device.type == "cpu":
+            keep_freed_memory()  # no page faults on the step's large tensors (gptdist/cpu_memory.py)
         self.dtype = resolve_dtype(cfg.train.dtype, ctx.device)
         self.grad_clip = cfg.train.grad_clip
         self.phase = phase

@@ -44,6 +44,10 @@ CANDIDATES = {
     "L4_E128_B16_lr3e-3": dict(n_layer=4, n_head=4, n_embd=128, batch_size=16, seq_len=128, lr=3e-3),
     "L2_E128_B8_lr3e-3": dict(n_layer=2, n_head=4, n_embd=128, batch_size=8, seq_len=128, lr=3e-3),
     "L4_E64_B8_lr6e-3": dict(n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=128, lr=6e-3),
+    # second round, after the first six: the baseline's lr 1e-3 won, so the narrower model at that lr, and the
+    # baseline at half the batch (twice the optimizer steps for about the same tokens)
+    "L4_E128_B8_lr1e-3": dict(n_layer=4, n_head=4, n_embd=128, batch_size=8, seq_len=128, lr=1e-3),
+    "L4_E256_B4_lr1e-3": dict(n_layer=4, n_head=4, n_embd=256, batch_size=4, seq_len=128, lr=1e-3),
 }
 
 
@@ -77,10 +81,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def cmd_time(a) -> None:
-    rows: dict[str, list[dict]] = {name: [] for name in CANDIDATES}
+    names = [BASELINE] + [n for n in a.only.split(",") if n and n != BASELINE] if a.only else list(CANDIDATES)
+    rows: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(a.rounds):
-            order = list(CANDIDATES)
+            order = list(names)
             random.Random(rnd).shuffle(order)
             for name in order:
                 run_dir = Path(tmp) / f"{name}_r{rnd}"
@@ -97,7 +102,13 @@ def cmd_time(a) -> None:
     # of its own round (median over rounds), and the baseline by its least-loaded round.
     base = BASELINE
     base_step_s = min(r["median_step_ms"] for r in rows[base]) / 1000
+    earlier = json.loads((HERE / "timing.json").read_text()) if a.only and (HERE / "timing.json").exists() else None
+    if earlier:  # later candidates join the first timing: their ratio to this round's baseline, the first base
+        base_step_s = earlier["candidates"][base]["step_s_idle_estimate"]
+        out["candidates"] = {k: v for k, v in earlier["candidates"].items() if k not in rows or k == base}
     for name, rs in rows.items():
+        if earlier and name == base:
+            continue  # keeps its first timing: the scale every candidate's budget is set by
         ratio = statistics.median(r["median_step_ms"] / rows[base][i]["median_step_ms"] for i, r in enumerate(rs))
         step_s = base_step_s * ratio
         # Fixed cost of a run: start-up, the final validation and sample (wall minus the steps' own time).
@@ -170,6 +181,8 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the budget (default 2)")
     t.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     t.add_argument("--steps", type=int, default=8, help="steps per timing run (default 8)")
+    t.add_argument("--only", default="", help="comma-separated candidates timed against the baseline and added to "
+                   "timing.json at the first timing's scale (default: time all, replace timing.json)")
     t.add_argument("--data", default="data/tinyshakespeare", help="prepared data folder (default data/tinyshakespeare)")
     r = sub.add_parser("train", help="each candidate for its budget of steps -> runs.json")
     r.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per run (default 1)")
