@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -170,12 +170,13 @@ def train_split_tokens(data_dir: Optional[str]) -> Optional[int]:
     """Tokens in the data's train split (for the epochs each run saw), or None if it can't be read."""
     from gptdist.data.loader import load_manifest
     from gptdist.errors import DataError
+    from gptdist.studies.scaling_laws.sweep import split_tokens
 
     try:
         manifest = load_manifest(data_dir) if data_dir else None
     except (DataError, OSError):
         return None
-    return sum(int(e["tokens"]) for e in manifest["shards"] if e.get("split") == "train") if manifest else None
+    return split_tokens(manifest) if manifest else None
 
 
 def markdown(spec_name: str, records: list[dict], result: dict, figures: list[str], unigram: Optional[float] = None,

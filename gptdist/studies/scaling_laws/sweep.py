@@ -39,7 +39,12 @@ def train_tokens(spec: SweepSpec) -> int:
     vocab = manifest.get("tokenizer", {}).get("vocab_size")
     if vocab is not None and vocab > spec.vocab_size:
         raise SweepError(f"the data in {spec.data_dir} has a {vocab}-token vocabulary but vocab_size is {spec.vocab_size}")
-    return sum(int(e["tokens"]) for e in manifest["shards"] if e.get("split") == "train")
+    return split_tokens(manifest)
+
+
+def split_tokens(manifest: dict, split: str = "train") -> int:
+    """Tokens in one split of a prepared data set's manifest."""
+    return sum(int(e["tokens"]) for e in manifest["shards"] if e.get("split") == split)
 
 
 def checked_plan(spec: SweepSpec) -> tuple[list[PlannedRun], list[str]]:
