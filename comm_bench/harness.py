@@ -41,6 +41,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from gptdist.cpu_memory import keep_freed_memory
 from gptdist.studies import alphabeta
 from gptdist.instrument.bus_bandwidth import OPS, busbw_factor
 from gptdist.dist import DistContext, init_distributed, launched_by_torchrun, teardown
@@ -471,6 +472,13 @@ def _rank0_decides(ctx: DistContext, fn: Callable[[], Optional[str]]) -> None:
 def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
     if ctx.world_size < 2 and not args.allow_one_rank:
         raise ConfigError("a collective benchmark needs at least 2 ranks (torchrun --nproc-per-node 2 or more)")
+    if ctx.device.type == "cpu":
+        # the allocator setting a CPU training step runs with (gptdist/cpu_memory.py): without it every buffer gloo
+        # allocates above 32 MiB is page-faulted in anew on each call, and the table would price the collectives of
+        # a training step (which keeps its freed memory) 1.3-2x too high at those sizes
+        heap_kept = keep_freed_memory()
+    else:
+        heap_kept = None
     lo, hi = resolve_size_range(args, ctx.device.type)
     out = Path(args.out) if args.out else default_out_dir()
 
@@ -541,6 +549,7 @@ def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
             "argv": [sys.argv[0], *argv],
             "command": f"torchrun --nnodes {ctx.num_nodes} --nproc-per-node {ctx.local_world_size} {' '.join([sys.argv[0], *argv])}",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu_keeps_freed_memory": heap_kept,  # gptdist/cpu_memory.py (None: not a CPU run)
             "dtype": dtype_name(args.dtype),
             "inplace_requested": args.inplace,
             "min_bytes": lo,

@@ -4,21 +4,25 @@
 # multi-rank training run -- comm_bench tables in one node (n0 loopback, 2 and 4 ranks) and across the link
 # (2x1, 2x2), 1-rank timelines at every per-rank batch the layouts will have (strong, global batch 8:
 # b = 8 at 1 rank, 4 at 2 and 2x1, 2 at 2x2; weak: 2), and K copies of the 1-rank job run at once (the CPU
-# contention, no communication) -- then the study itself, then `simulate.py validate` twice: with the
-# contention formula (the model of record: it needs only the core count) and with the measured one.
-# At the end: the error per run with its spread over the repeats (repeats.md/json, repeats.png). As root:
-#     REPEATS=2 STEPS=12 WARMUP=3 RATE=1gbit FIRST_MODES=strong,weak \
+# contention, no communication) -- then the study itself, then `simulate.py validate` twice: with the measured
+# contention (the model of record) and with the formula max(1, N·threads/cores), which needs only the core count.
+# At the end: the error per run with its spread over the repeats (repeats.md/json, repeats.png). As root, on an
+# otherwise idle machine (other work on the cores moves the contention and the 1-rank inputs between runs):
+#     REPEATS=2 STEPS=14 WARMUP=4 RATE=1gbit MODES=strong,weak \
 #       OUT=docs/results/cluster_simulator_repeats_cpu_netns bash launch/reproduce/cluster_simulator_repeats.sh
-# FIRST_MODES: the first repeat's study modes (strong,weak: it is also the weak-scaling study); MODES: the rest.
+# FIRST_MODES: the first repeat's study modes (default MODES); MODES: the rest.
 set -euo pipefail
-REPEATS=${REPEATS:-2}; STEPS=${STEPS:-12}; WARMUP=${WARMUP:-3}; RATE=${RATE:-1gbit}
+REPEATS=${REPEATS:-2}; STEPS=${STEPS:-14}; WARMUP=${WARMUP:-4}; RATE=${RATE:-1gbit}
 MODES=${MODES:-strong}; FIRST_MODES=${FIRST_MODES:-$MODES}
 BACKENDS=${BACKENDS:-manual,ddp,fsdp}; WORLDS=${WORLDS:-1,2,2x1,2x2}
 OUT=${OUT:-runs/cluster_simulator_repeats/report}; RUNS=${RUNS:-runs/cluster_simulator_repeats}
 NAME=${NAME:-csr}; SUBNET=${SUBNET:-10.217.0.0/24}
-COMM_ARGS=${COMM_ARGS:--b 64K -e 64M -w 1 -n 3}  # FSDP's root unit and the manual backend's largest bucket: 51.5 MB
+# up to 64 MiB: FSDP's root unit and the manual backend's largest bucket are 51.5 MB. Across the 1 Gbit/s link a
+# 64 MiB all-reduce takes ~1 s, so fewer calls there; in one node the calls are fast and vary, so more of them.
+COMM_ARGS=${COMM_ARGS:--b 64K -e 64M -w 1 -n 3}; INTRA_ARGS=${INTRA_ARGS:--b 64K -e 64M -w 2 -n 10}
 C="python launch/cluster.py --name $NAME"
 CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter $COMM_ARGS --overwrite"
+CB_INTRA="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter $INTRA_ARGS --overwrite"
 export OMP_NUM_THREADS=1
 CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
 VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
@@ -30,7 +34,7 @@ if [[ -z $VALIDATE_ONLY ]]; then
   $C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
   stamp "cluster up ($RATE)"
 fi
-validations=(); measured_validations=()
+validations=(); formula_validations=()
 copies() {  # K B: K copies of the 1-rank manual job at batch B, started together, no communication
   local pids=()
   for c in $(seq 0 $(($1 - 1))); do
@@ -47,8 +51,8 @@ for i in $(seq 1 "$REPEATS"); do
   if [[ -z $VALIDATE_ONLY ]]; then
     stamp "repeat $i start"
     # inputs 1: comm tables, one node (node 0, where the study runs its 1-node layouts) and across the link
-    $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB --out "$T/intra_n2" > "$T/intra_n2.console.txt"
-    $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB --out "$T/intra_n4" > "$T/intra_n4.console.txt"
+    $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB_INTRA --out "$T/intra_n2" > "$T/intra_n2.console.txt"
+    $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB_INTRA --out "$T/intra_n4" > "$T/intra_n4.console.txt"
     $C torchrun --port 29710 --nproc-per-node 1 -- $CB --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
     $C torchrun --port 29711 --nproc-per-node 2 -- $CB --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
     # inputs 2: 1-rank runs at the per-rank batches 4 and 2 (b = 8 is the study's own 1-rank run)
@@ -83,13 +87,14 @@ for i in $(seq 1 "$REPEATS"); do
       --study "$R/study/results.json" --backends "$BACKENDS" --modes "$modes" --cores "$CORES" --no-prefetch \
       --out "$R/$out" "$@" | tee "$R/$out.console.txt"
   }
-  validate validation
+  # the model of record: the measured contention (2=F2,4=F4)
+  k=$(sed 's/^measured contention: //' "$R/contention.txt")
+  validate validation --contention "$k"
   validations+=("$R/validation/validation.json")
-  # the same with the measured contention instead of the formula max(1, N·threads/cores)
-  k=$(sed 's/^measured contention: //' "$R/contention.txt")  # 2=F2,4=F4
-  validate validation_measured_contention --contention "$k"
-  measured_validations+=("$R/validation_measured_contention/validation.json")
+  # the same with the formula max(1, N·threads/cores) instead: what the simulator predicts from the core count alone
+  validate validation_formula_contention
+  formula_validations+=("$R/validation_formula_contention/validation.json")
   [[ -n $VALIDATE_ONLY ]] || stamp "repeat $i done"
 done
 python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
-python launch/simulate.py repeats "${measured_validations[@]}" --out "$OUT/measured_contention"
+python launch/simulate.py repeats "${formula_validations[@]}" --out "$OUT/formula_contention"

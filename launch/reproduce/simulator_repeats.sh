@@ -1,28 +1,56 @@
 #!/usr/bin/env bash
-# The simulator's validation as a user re-runs it, measured in ONE sitting and repeated: each repeat runs the
-# study, extracts fresh 1-rank timelines from it (the 1-rank runs only), measures fresh comm_bench tables at
-# 2 ranks and validates; at the end the error per run with its spread over the repeats.
+# The simulator's validation as a user re-runs it, measured in ONE sitting and repeated. Each repeat measures the
+# simulator's inputs, none of them a multi-rank training run -- the 1-rank runs at every per-rank batch the study
+# will have (strong, global batch 4: b = 4 at 1 rank, the study's own; b = 2 at 2 ranks), comm_bench tables at 2
+# ranks, and the CPU contention (2 copies of the 1-rank job at b = 2 run at once, no communication) -- then the
+# study, then `simulate.py validate`. At the end: the error per run with its spread over the repeats.
 #     REPEATS=3 STEPS=30 WARMUP=5 OUT=docs/results/simulator_repeats_cpu bash launch/reproduce/simulator_repeats.sh
 # (issue 20's re-run: --backends manual,fsdp --world-sizes 1,2 --modes strong --steps 30 --warmup 5, extract --skip 5)
+# VALIDATE_ONLY=1: measure nothing, predict again from the inputs and runs already in OUT and RUNS.
 set -euo pipefail
-REPEATS=${REPEATS:-3}; STEPS=${STEPS:-30}; WARMUP=${WARMUP:-5}; OUT=${OUT:-runs/simulator_repeats}
-BACKENDS=${BACKENDS:-manual,fsdp}; WORLDS=${WORLDS:-1,2}; RUNS=${RUNS:-runs/simulator_repeats}
+REPEATS=${REPEATS:-3}; STEPS=${STEPS:-30}; WARMUP=${WARMUP:-5}; OUT=${OUT:-runs/simulator_repeats/report}
+BACKENDS=${BACKENDS:-manual,fsdp}; RUNS=${RUNS:-runs/simulator_repeats}; VALIDATE_ONLY=${VALIDATE_ONLY:-}
 export OMP_NUM_THREADS=1
+CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
+mkdir -p "$OUT"
+stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
+copies() {  # K B: K copies of the 1-rank manual job at batch B, started together, no communication
+  local pids=()
+  for c in $(seq 0 $(($1 - 1))); do
+    torchrun --standalone --nproc-per-node 1 launch/train.py --config configs/scaling_cpu.yaml --backend manual \
+      --data.batch_size "$2" --train.global_batch_tokens $(($2 * 64)) --train.max_steps "$STEPS" \
+      --log.out_dir "$RR/copies" --log.run_name "k$1-b$2-$c" --log.overwrite true > /dev/null 2>&1 & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+}
 validations=()
 for i in $(seq 1 "$REPEATS"); do
-  R=$OUT/repeat$i; mkdir -p "$R/timelines"
-  python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes "$WORLDS" \
-    --modes strong --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RUNS/repeat$i" --out "$R/study"
-  torchrun --standalone --nproc-per-node 2 comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter \
-    -b 1K -e 64M --out "$R/comm_n2" --overwrite
-  spec=""
+  R=$OUT/repeat$i; RR=$RUNS/repeat$i
+  mkdir -p "$R/timelines"
+  if [[ -z $VALIDATE_ONLY ]]; then
+    stamp "repeat $i start"
+    # inputs: comm tables at 2 ranks; 1-rank runs at b = 2; the contention of 2 copies at b = 2
+    torchrun --standalone --nproc-per-node 2 comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter \
+      -b 1K -e 64M --out "$R/comm_n2" --overwrite > "$R/comm_n2.console.txt"
+    python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes 1 --modes strong \
+      --per-rank-batch 2 --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/single" --out "$R/single_b2"
+    copies 2 2
+    python launch/simulate.py contention "$RR/single/manual-n1-b2" "$RR"/copies/k2-b2-* --skip "$WARMUP" \
+      | sed 's/^/2=/' > "$R/contention.txt"
+    # the study (its 1-rank runs, at the global batch b = 4, are the other timelines)
+    python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes 1,2 \
+      --modes strong --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" --out "$R/study"
+    stamp "repeat $i measured"
+  fi
+  big=""; small=""
   for b in ${BACKENDS//,/ }; do
-    one_rank=$(ls -d "$RUNS/repeat$i/$b-n1-b"* | head -1)  # the study's 1-rank run (b = the global batch)
-    python launch/simulate.py extract "$one_rank" --skip "$WARMUP" --out "$R/timelines/$b.json" > /dev/null
-    spec+="${spec:+,}$b=$R/timelines/$b.json"
+    python launch/simulate.py extract "$RR/study/$b-n1-b4" --skip "$WARMUP" --out "$R/timelines/$b-n1-b4.json" > /dev/null
+    python launch/simulate.py extract "$RR/single/$b-n1-b2" --skip "$WARMUP" --out "$R/timelines/$b-n1-b2.json" > /dev/null
+    big+="${big:+,}$b=$R/timelines/$b-n1-b4.json"; small+="${small:+,}$b=$R/timelines/$b-n1-b2.json"
   done
-  python launch/simulate.py validate "$spec" --comm-table "$R/comm_n2" --study "$R/study/results.json" \
-    --backends "$BACKENDS" --modes strong --cores "$(getconf _NPROCESSORS_ONLN)" --no-prefetch --out "$R/validation"
+  python launch/simulate.py validate "$big" --small-timeline "$small" --comm-table "$R/comm_n2" \
+    --study "$R/study/results.json" --backends "$BACKENDS" --modes strong --cores "$CORES" --no-prefetch \
+    --contention "$(cat "$R/contention.txt")" --out "$R/validation" | tee "$R/validation.console.txt"
   validations+=("$R/validation/validation.json")
 done
 python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
