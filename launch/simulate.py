@@ -2,6 +2,8 @@
 
     # 1. a timeline from a measured 1-rank run (manual; ddp: DDP's own bucket layout; fsdp: its own compute)
     python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
+    # several 1-rank runs of the same job (before and after a study) are pooled: medians over all their steps
+    python launch/simulate.py extract runs/before/manual-n1-b8 runs/after/manual-n1-b8 --out timeline.json
     # 2. predicted step times at N ranks, from comm_bench fits or a hardware profile; report + plots
     python launch/simulate.py predict timeline.json --fit docs/results/comm_bench_cpu_gloo/fit.json \
         --world-sizes 1,2,4 --cores 2 --out DIR
@@ -120,7 +122,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
                                prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap)
         base = p if n == 1 else base
         preds.append(p)
-        parts = {"compute": p.compute_ms, "exposed": p.exposed_ms, "wait": 0.0, "data": p.data_ms, "other": p.other_ms}
+        parts = {"compute": p.compute_ms, "exposed": p.exposed_ms, "wait": p.wait_ms, "data": p.data_ms, "other": p.other_ms}
         e = scaling.efficiency(mode, base.step_ms, p.step_ms, n)
         base_parts = {"compute": base.compute_ms, "exposed": base.exposed_ms, "wait": 0.0, "data": base.data_ms,
                       "other": base.other_ms}
@@ -150,7 +152,8 @@ def main(argv: list[str]) -> None:
     p = make_parser(__doc__, first_paragraph_only=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract", formatter_class=HelpFormatter, help="timeline.json from a 1-rank run folder (manual, ddp or fsdp)")
-    e.add_argument("run", help="a 1-rank instrumented run folder")
+    e.add_argument("run", nargs="+", help="a 1-rank instrumented run folder; several runs of the same job (e.g. measured "
+                   "before and after a study) are pooled: the medians are over all their kept steps")
     e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
     e.add_argument("--out", required=True, help="timeline JSON to write")
     ct = sub.add_parser("contention", formatter_class=HelpFormatter,
@@ -200,7 +203,7 @@ def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
 
     if args.cmd == "extract":
-        t = simulator.timeline_from_run(args.run, args.skip)
+        t = simulator.timeline_from_run(args.run[0], args.skip, more_runs=args.run[1:])
         t.save(args.out)
         print(json.dumps(t.to_json(), indent=2))
         return
@@ -279,7 +282,8 @@ def main(argv: list[str]) -> None:
                                  "measured_compute_ms": m_row["parts"]["compute"],
                                  "predicted_compute_ms": p_row["parts"]["compute"],
                                  "measured_exposed_ms": m_row["parts"]["exposed"] + m_row["parts"]["wait"],
-                                 "predicted_exposed_ms": p_row["parts"]["exposed"], "contention": p_row["contention"],
+                                 "predicted_exposed_ms": p_row["parts"]["exposed"] + p_row["parts"]["wait"],
+                                 "contention": p_row["contention"],
                                  "cpu_overlap": p_row["cpu_overlap"], "timeline": p_row["timeline"],
                                  "measured_slowest_rank_ms": m_row.get("slowest_step_ms"),
                                  "error_vs_slowest_rank": (p_row["step_ms"] / m_row["slowest_step_ms"] - 1

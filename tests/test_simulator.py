@@ -156,6 +156,53 @@ def test_fsdp_without_prefetch_waits_for_each_reduce_scatter():
     assert overlapped.step_ms < blocking.step_ms  # h.1's reduce-scatter runs during h.0's backward
 
 
+# ----------------------------------------------------------------------------- the straggler wait
+
+
+def test_expected_lag_of_the_slowest_rank_matches_the_closed_forms():
+    from gptdist.studies.simulator import expected_max_excess
+
+    assert expected_max_excess(1) == 0.0
+    assert expected_max_excess(2) == pytest.approx(1 / math.sqrt(math.pi), rel=1e-6)  # E[max(X1, X2)]
+    assert expected_max_excess(3) == pytest.approx(3 / (2 * math.sqrt(math.pi)), rel=1e-6)
+    assert expected_max_excess(2) < expected_max_excess(4) < expected_max_excess(8)
+
+
+def test_step_jitter_is_step_to_step_and_ignores_a_drift():
+    """Periods alternating 100/110 ms: every successive difference is 10 ms, σ = 10 / (0.6745·√2) = 10.48 ms.
+    Shifting the second half by +100 ms (the machine got slower) adds one 90 ms difference of seven: the median,
+    and so the jitter, stays."""
+    def rows(periods):
+        return [{"step": i + 1, "step_ms": p, "timeline": {"phases": [["backward", 0, 1]],
+                                                            "marks": [["bucket_ready", 0, 8, 1]]}}
+                for i, p in enumerate(periods)]
+
+    steady = timeline_from_steps(rows([100, 110] * 4), skip=0)
+    drifting = timeline_from_steps(rows([100, 110, 100, 110, 200, 210, 200, 210]), skip=0)
+    assert steady.step_jitter_ms == pytest.approx(10 / (0.6745 * math.sqrt(2)))
+    assert drifting.step_jitter_ms == pytest.approx(steady.step_jitter_ms)
+
+
+def test_ranks_wait_for_the_slowest_at_each_meeting():
+    """σ = 10 ms of jitter, 2 ranks: the all-reduce schedule meets once per step and waits e_2·σ = 5.64 ms;
+    FSDP without prefetch meets at each of its 8 collectives: each stretch between them jitters by σ/√8,
+    8 waits of e_2·σ/√8 = e_2·σ·√8 = 15.96 ms. The wait is added to the step, and scales with the compute."""
+    e2 = 1 / math.sqrt(math.pi)
+    t = two_buckets()
+    t.step_jitter_ms = 10.0
+    quiet = simulate(two_buckets(), linear_comm(1.0, 0.0), 2, "manual")
+    jittery = simulate(t, linear_comm(1.0, 0.0), 2, "manual")
+    assert jittery.wait_ms == pytest.approx(e2 * 10) and quiet.wait_ms == 0.0
+    assert jittery.step_ms - quiet.step_ms == pytest.approx(e2 * 10)
+    assert simulate(t, linear_comm(1.0, 0.0), 2, "manual", contention=2.0).wait_ms == pytest.approx(e2 * 20)
+    assert simulate(t, linear_comm(1.0, 0.0), 1, "manual").wait_ms == 0.0  # alone: nobody to wait for
+    f = fsdp_timeline()
+    f.step_jitter_ms = 10.0
+    blocking = simulate(f, linear_comm(1.0, 0.0), 2, "fsdp", prefetch=False)
+    assert len(blocking.schedule) == 8 and blocking.wait_ms == pytest.approx(e2 * 10 * math.sqrt(8))
+    assert blocking.step_ms == pytest.approx(30 + 60 + 8 / 2 + 3 + 1 + 2 + 2 + 2 + e2 * 10 * math.sqrt(8))
+
+
 def test_hardware_profile_ring_and_hierarchy():
     h = PROFILES["2x8-h100-ib-400g"]
     size = 100e6
@@ -194,6 +241,43 @@ def test_timeline_from_steps_takes_medians_relative_to_backward():
     assert t.other_ms == pytest.approx(4.0) and t.data_ms == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="bucket_ready"):
         timeline_from_steps([{"step": 1, "step_ms": 1.0, "timeline": {"phases": [["backward", 0, 1]], "marks": []}}], 0)
+
+
+def test_runs_of_one_job_pool_their_kept_steps():
+    """Two runs of the same job (e.g. before and after a study, on a machine whose speed drifts): each leaves
+    out its own warm-up, and every median is over all the kept steps. By hand: pre = 10 + shift, so the kept
+    pres are 10, 12 (first run) and 20, 22 (second run): median 16; steps 40 + shift: median 46."""
+    def row(step, shift):
+        return {"step": step, "step_ms": 40.0 + shift, "timeline": {
+            "phases": [["forward", 0, 10 + shift], ["backward", 10 + shift, 30 + shift]],
+            "marks": [["bucket_ready", 0, 100, 30 + shift]]}}
+
+    first = [row(1, 90.0), row(2, 0.0), row(3, 2.0)]
+    second = [row(1, 90.0), row(2, 10.0), row(3, 12.0)]  # the same step numbers: pooled, not merged by step
+    t = timeline_from_steps(first, skip=1, more_runs=[second])
+    assert t.pre_ms == pytest.approx(16.0) and t.step_ms == pytest.approx(46.0) and t.backward_ms == pytest.approx(20.0)
+    assert timeline_from_steps(first, skip=1).pre_ms == pytest.approx(11.0)  # one run alone: its own median
+
+
+def test_pooling_refuses_runs_of_another_job(tmp_path):
+    data = make_token_dataset(tmp_path / "data")
+
+    def run(name, batch):
+        cfg = build_config(None, {
+            "backend": "manual", "model.preset": "test", "data.dir": str(data), "data.batch_size": batch,
+            "data.seq_len": 16, "train.max_steps": 3, "eval.val_every": 0, "checkpoint.at_end": False,
+            "log.out_dir": str(tmp_path), "log.run_name": name})
+        train(cfg, init_distributed("cpu", need_group=True))
+        return tmp_path / name
+
+    a, b, other = run("a", 2), run("b", 2), run("other", 4)
+    pooled = timeline_from_run(a, skip=1, more_runs=[b])
+    assert pooled.tokens_per_step == 32 and pooled.source == f"{a},{b}"
+    # the pooled medians lie within what the two runs measured alone
+    alone = [timeline_from_run(r, skip=1) for r in (a, b)]
+    assert min(t.step_ms for t in alone) <= pooled.step_ms <= max(t.step_ms for t in alone)
+    with pytest.raises(ConfigError, match="not the same job"):
+        timeline_from_run(a, skip=1, more_runs=[other])
 
 
 def test_timeline_other_is_taken_from_the_step_period():

@@ -4,7 +4,9 @@
 # multi-rank training run -- comm_bench tables in one node (n0 loopback, 2 and 4 ranks) and across the link
 # (2x1, 2x2), 1-rank timelines at every per-rank batch the layouts will have (strong, global batch 8:
 # b = 8 at 1 rank, 4 at 2 and 2x1, 2 at 2x2; weak: 2), and K copies of the 1-rank job run at once (the CPU
-# contention, no communication) -- then the study itself, then `simulate.py validate` twice: with the measured
+# contention, no communication) -- then the study itself, then the 1-rank runs again (each timeline pools its
+# job's 1-rank runs from before and after the study: this machine's speed drifts by up to ~30% over minutes),
+# then `simulate.py validate` twice: with the measured
 # contention (the model of record) and with the formula max(1, N·threads/cores), which needs only the core count.
 # At the end: the error per run with its spread over the repeats (repeats.md/json, repeats.png). As root, on an
 # otherwise idle machine (other work on the cores moves the contention and the 1-rank inputs between runs):
@@ -55,28 +57,34 @@ for i in $(seq 1 "$REPEATS"); do
     $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB_INTRA --out "$T/intra_n4" > "$T/intra_n4.console.txt"
     $C torchrun --port 29710 --nproc-per-node 1 -- $CB --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
     $C torchrun --port 29711 --nproc-per-node 2 -- $CB --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
-    # inputs 2: 1-rank runs at the per-rank batches 4 and 2 (b = 8 is the study's own 1-rank run)
-    for b in 4 2; do
-      python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
-        --world-sizes 1 --modes strong --per-rank-batch $b --steps "$STEPS" --warmup "$WARMUP" \
-        --runs-dir "$RR/single" --out "$R/single_b$b"
-    done
+    # inputs 2: 1-rank runs at the per-rank batches 4 and 2 (b = 8 is the study's own 1-rank run), again after it
+    singles() {  # WHEN BATCHES: the 1-rank runs into $RR/WHEN
+      for b in $2; do
+        python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
+          --world-sizes 1 --modes strong --per-rank-batch $b --steps "$STEPS" --warmup "$WARMUP" \
+          --runs-dir "$RR/$1" --out "$R/$1_b$b"
+      done
+    }
+    singles before "4 2"
     # inputs 3: CPU contention measured without communication (simulate.py contention): K copies of the 1-rank
     # manual job at once, at the per-rank batch of the layouts with K ranks (2 and 2x1: b = 4; 2x2: b = 2)
     copies 2 4; copies 4 2
-    k2=$(python launch/simulate.py contention "$RR/single/manual-n1-b4" "$RR"/copies/k2-b4-* --skip "$WARMUP")
-    k4=$(python launch/simulate.py contention "$RR/single/manual-n1-b2" "$RR"/copies/k4-b2-* --skip "$WARMUP")
+    k2=$(python launch/simulate.py contention "$RR/before/manual-n1-b4" "$RR"/copies/k2-b4-* --skip "$WARMUP")
+    k4=$(python launch/simulate.py contention "$RR/before/manual-n1-b2" "$RR"/copies/k4-b2-* --skip "$WARMUP")
     echo "measured contention: 2=$k2,4=$k4" | tee "$R/contention.txt"
     # the study
     python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$BACKENDS" \
       --world-sizes "$WORLDS" --modes "$modes" --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" \
       --out "$R/study" --note "emulated cluster: 2 nodes (network namespaces), each node's egress shaped to $RATE with tc tbf, no added latency; repeat $i of $REPEATS in one sitting"
+    singles after "8 4 2"
     stamp "repeat $i measured"
   fi
-  for bk in ${BACKENDS//,/ }; do
-    python launch/simulate.py extract "$RR/study/$bk-n1-b8" --skip "$WARMUP" --out "$R/timelines/$bk-n1-b8.json" > /dev/null
+  for bk in ${BACKENDS//,/ }; do  # each timeline pools its job's 1-rank runs (before, the study's own, after)
+    python launch/simulate.py extract "$RR/study/$bk-n1-b8" "$RR/after/$bk-n1-b8" --skip "$WARMUP" \
+      --out "$R/timelines/$bk-n1-b8.json" > /dev/null
     for b in 4 2; do
-      python launch/simulate.py extract "$RR/single/$bk-n1-b$b" --skip "$WARMUP" --out "$R/timelines/$bk-n1-b$b.json" > /dev/null
+      python launch/simulate.py extract "$RR/before/$bk-n1-b$b" "$RR/after/$bk-n1-b$b" --skip "$WARMUP" \
+        --out "$R/timelines/$bk-n1-b$b.json" > /dev/null
     done
   done
   timelines() { local s=""; for bk in ${BACKENDS//,/ }; do s+="${s:+,}$bk=$R/timelines/$bk-n1-b$1.json"; done; echo "$s"; }

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The simulator's validation as a user re-runs it, measured in ONE sitting and repeated. Each repeat measures the
 # simulator's inputs, none of them a multi-rank training run -- the 1-rank runs at every per-rank batch the study
-# will have (strong, global batch 4: b = 4 at 1 rank, the study's own; b = 2 at 2 ranks), comm_bench tables at 2
-# ranks, and the CPU contention (2 copies of the 1-rank job at b = 2 run at once, no communication) -- then the
-# study, then `simulate.py validate`. At the end: the error per run with its spread over the repeats.
+# will have (strong, global batch 4: b = 4 at 1 rank, b = 2 at 2 ranks), comm_bench tables at 2 ranks, and the CPU
+# contention (2 copies of the 1-rank job at b = 2 run at once, no communication) -- then the study, then the
+# 1-rank runs again, then `simulate.py validate`. Each timeline pools the 1-rank runs of its job from before and
+# after the study (and the study's own 1-rank run): this machine's speed drifts by up to ~30% over minutes, and
+# inputs from one moment would carry that drift into every prediction. At the end: the error per run with its
+# spread over the repeats.
 #     REPEATS=3 STEPS=30 WARMUP=5 OUT=docs/results/simulator_repeats_cpu bash launch/reproduce/simulator_repeats.sh
 # (issue 20's re-run: --backends manual,fsdp --world-sizes 1,2 --modes strong --steps 30 --warmup 5, extract --skip 5)
 # VALIDATE_ONLY=1: measure nothing, predict again from the inputs and runs already in OUT and RUNS.
@@ -29,23 +32,31 @@ for i in $(seq 1 "$REPEATS"); do
   mkdir -p "$R/timelines"
   if [[ -z $VALIDATE_ONLY ]]; then
     stamp "repeat $i start"
-    # inputs: comm tables at 2 ranks; 1-rank runs at b = 2; the contention of 2 copies at b = 2
+    # inputs: comm tables at 2 ranks; 1-rank runs at b = 4 and 2; the contention of 2 copies at b = 2
     torchrun --standalone --nproc-per-node 2 comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter \
       -b 1K -e 64M --out "$R/comm_n2" --overwrite > "$R/comm_n2.console.txt"
-    python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes 1 --modes strong \
-      --per-rank-batch 2 --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/single" --out "$R/single_b2"
+    singles() {  # WHEN: the 1-rank runs at b = 4 and b = 2, into $RR/WHEN
+      for b in 4 2; do
+        python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes 1 \
+          --modes strong --per-rank-batch $b --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/$1" --out "$R/$1_b$b"
+      done
+    }
+    singles before
     copies 2 2
-    python launch/simulate.py contention "$RR/single/manual-n1-b2" "$RR"/copies/k2-b2-* --skip "$WARMUP" \
+    python launch/simulate.py contention "$RR/before/manual-n1-b2" "$RR"/copies/k2-b2-* --skip "$WARMUP" \
       | sed 's/^/2=/' > "$R/contention.txt"
-    # the study (its 1-rank runs, at the global batch b = 4, are the other timelines)
+    # the study (its 1-rank run at b = 4 joins that timeline's pool), then the 1-rank runs again
     python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes 1,2 \
       --modes strong --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" --out "$R/study"
+    singles after
     stamp "repeat $i measured"
   fi
   big=""; small=""
   for b in ${BACKENDS//,/ }; do
-    python launch/simulate.py extract "$RR/study/$b-n1-b4" --skip "$WARMUP" --out "$R/timelines/$b-n1-b4.json" > /dev/null
-    python launch/simulate.py extract "$RR/single/$b-n1-b2" --skip "$WARMUP" --out "$R/timelines/$b-n1-b2.json" > /dev/null
+    python launch/simulate.py extract "$RR/before/$b-n1-b4" "$RR/study/$b-n1-b4" "$RR/after/$b-n1-b4" --skip "$WARMUP" \
+      --out "$R/timelines/$b-n1-b4.json" > /dev/null
+    python launch/simulate.py extract "$RR/before/$b-n1-b2" "$RR/after/$b-n1-b2" --skip "$WARMUP" \
+      --out "$R/timelines/$b-n1-b2.json" > /dev/null
     big+="${big:+,}$b=$R/timelines/$b-n1-b4.json"; small+="${small:+,}$b=$R/timelines/$b-n1-b2.json"
   done
   python launch/simulate.py validate "$big" --small-timeline "$small" --comm-table "$R/comm_n2" \

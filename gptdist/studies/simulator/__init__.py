@@ -15,6 +15,9 @@ THE TIMELINE (one rank, one optimizer step, medians over steps; `Timeline`):
     post_ms       finish_grad_sync's own work, clip, optimizer, zero_grad: whole-model work, the same at
                   any batch (for FSDP it shrinks with the shard: 1/N)
     other_ms      the rest of the step period (Python, logging, the work between two steps): kept as is
+    step_jitter_ms  σ of the step's independent step-to-step variation (from successive differences, so a
+                  slow drift of the machine's speed is left out): the straggler wait below
+Several 1-rank runs of one job (measured before and after a study) pool their steps into one timeline.
 
 THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's measured tables (`comm_from_table`,
 interpolated), its α–β fits (`gptdist.studies.alphabeta`; any N, extrapolated) or a named hardware profile
@@ -55,6 +58,13 @@ spare cores for its collectives only when N·t < C: `cpu_overlap(N, t, C)` = min
 once the ranks fill the cores (compute pauses while a collective runs: overlap buys nothing), 1 with a
 spare core per rank.
 
+THE STRAGGLER WAIT (`arrival_wait_ms`): ranks whose compute jitters independently reach a collective at
+different times, and every rank waits for the slowest. Per step: e_N · σ · √k, where σ is the timeline's
+jitter (scaled with its compute), e_N the expected lead of the slowest of N normal samples over their mean
+(`expected_max_excess`: 1/√π at 2 ranks) and k the times per step the ranks must meet (1 for the all-reduce
+schedule; every collective for FSDP without prefetch, whose compute between collectives jitters by σ/√k each).
+It is the "straggler wait" part of the scaling study, predicted; near 0 for a GPU that only its rank uses.
+
 Modules: `timeline`, `comm_model`, `schedule` (the names below are re-exported here).
 """
 
@@ -65,5 +75,6 @@ from gptdist.studies.simulator.comm_model import (  # noqa: F401
     CommFn, comm_from_fit, comm_from_table, comm_for_layout, inter_tables, HardwareProfile, PROFILES, comm_from_profile, batch_compute_scale, timeline_for_tokens, cpu_contention, cpu_overlap, contention_from_runs,
 )
 from gptdist.studies.simulator.schedule import (  # noqa: F401
-    SCHEDULE_OF, CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate,
+    SCHEDULE_OF, CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate, expected_max_excess,
+    arrival_wait_ms,
 )

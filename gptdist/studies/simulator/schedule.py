@@ -3,6 +3,8 @@ all-gathers and reduce-scatters) and predict the step."""
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -37,6 +39,7 @@ class Prediction:
     other_ms: float
     schedule: list[CommEvent]
     assumptions: dict = field(default_factory=dict)
+    wait_ms: float = 0.0  # straggler wait: ranks arriving at the collectives at different times (in step_ms)
 
     @property
     def overlap(self) -> Optional[float]:
@@ -46,6 +49,33 @@ class Prediction:
         d = asdict(self)
         d["overlap"] = self.overlap
         return d
+
+
+@functools.lru_cache(maxsize=None)
+def expected_max_excess(n: int) -> float:
+    """E[max of n independent standard normals]: how far, in standard deviations, the slowest of n ranks lags
+    the mean one. Closed forms: 0 (n = 1), 1/sqrt(pi) (2), 3/(2 sqrt(pi)) (3); numerically above."""
+    if n <= 1:
+        return 0.0
+    phi = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    Phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    h, lo, hi = 1e-3, -12.0, 12.0  # the density n·phi·Phi^(n-1) is negligible outside; trapezoid rule
+    xs = [lo + i * h for i in range(int((hi - lo) / h) + 1)]
+    ys = [x * n * phi(x) * Phi(x) ** (n - 1) for x in xs]
+    return h * (sum(ys) - (ys[0] + ys[-1]) / 2)
+
+
+def arrival_wait_ms(t: Timeline, n: int, sync_points: int, compute_factor: float = 1.0) -> float:
+    """Expected straggler wait per step: every rank waits at each synchronising collective for the slowest one.
+    The step's compute jitters by σ (the 1-rank run's step-to-step jitter, Timeline.step_jitter_ms; scaled with
+    the compute by `compute_factor`, the batch's compute_scale times the contention); split evenly over the `sync_points` stretches of compute between the collectives
+    that make the ranks meet, each stretch jitters by σ/sqrt(k), independently on each rank, and the slowest of
+    n ranks lags by expected_max_excess(n) of that: k · e_n · σ/sqrt(k) = e_n · σ · sqrt(k). A rank that owns
+    its device (a GPU) jitters little, and so waits little; N ranks sharing two CPU cores jitter a lot."""
+    if n <= 1 or sync_points <= 0 or t.step_jitter_ms <= 0:
+        return 0.0
+    sigma = t.step_jitter_ms * compute_factor
+    return expected_max_excess(n) * sigma * math.sqrt(sync_points)
 
 
 def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: int, free_at: float = 0.0) -> list[CommEvent]:
@@ -105,13 +135,16 @@ def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float =
         bwd_end, events = pre + bwd, []
     sync_end = max([bwd_end] + [e.end_ms for e in events])
     loss = comm("all_reduce", 8, n) if n > 1 else 0.0  # the trainer's loss (+ stop flag) all-reduce
-    step = sync_end + post + loss + t.other_ms
+    # the ranks meet once per step: at the gradient sync (async buckets let an early rank compute on; the last
+    # one and the loss all-reduce right after it make it wait)
+    wait = arrival_wait_ms(t, n, 1, c)
+    step = sync_end + post + loss + t.other_ms + wait
     comm_total = sum(e.end_ms - e.start_ms for e in events) + loss
     # exposed: the time compute is not running at full speed because of communication
     exposed = (sync_end - (pre + bwd)) + loss
     return Prediction(backend, n, step, pre - data + bwd + post, comm_total, exposed, data, t.other_ms, events,
                       {"compute_scale": compute_scale, "contention": contention, "overlap": overlap,
-                       "cpu_overlap": cpu_overlap})
+                       "cpu_overlap": cpu_overlap}, wait)
 
 
 def fsdp_units(model: dict, param_bytes_per_element: int = 4) -> list[tuple[str, float, float]]:
@@ -190,13 +223,16 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
     sync_end = max(clock, last)
     norm = comm("all_reduce", 8, n)  # the global grad-norm all-reduce
     loss = comm("all_reduce", 8, n)
+    # without prefetch every collective is waited for where it is issued: each one makes the ranks meet
+    # (with prefetch the gathers run ahead of compute: once per step, at the end)
+    wait = arrival_wait_ms(t, n, len(events) if not prefetch else 1, c)
     step = sync_end + post + norm + loss + t.other_ms
     compute = fwd + bwd + post
     comm_total = sum(e.end_ms - e.start_ms for e in events) + norm + loss
     exposed = max(0.0, step - compute - data - t.other_ms)
-    return Prediction("fsdp", n, step, compute, comm_total, exposed, data, t.other_ms, events,
+    return Prediction("fsdp", n, step + wait, compute, comm_total, exposed, data, t.other_ms, events,
                       {"compute_scale": compute_scale, "contention": contention, "prefetch": prefetch,
-                       "reshard_after_forward": reshard_after_forward})
+                       "reshard_after_forward": reshard_after_forward}, wait)
 
 
 # Which schedule models which registered backend (gptdist.parallel.BACKENDS): the simulator's own knowledge.

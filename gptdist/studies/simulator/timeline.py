@@ -4,6 +4,7 @@ from a JSON file, or modelled from the model shape and a device's speed."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,12 @@ class Timeline:
     model: dict = field(default_factory=dict)  # n_layer, n_embd, vocab_size, seq_len (for fsdp units)
     source: str = ""
     backend: str = ""  # the backend of the run it came from (its bucket layout)
+    # the step's jitter σ, from one step to the next: median |period_i − period_(i−1)| / (0.6745·√2) over the kept
+    # steps (for independent normal steps the difference of two has σ·√2 and a median |.| of 0.6745 of that). Unlike
+    # a spread of all the steps it leaves out the slow drift of a shared machine's speed. Pooled runs: the mean of
+    # each run's own. Ranks that jitter independently arrive at a collective at different times: the simulator's
+    # straggler wait (schedule.arrival_wait_ms) comes from it.
+    step_jitter_ms: float = 0.0
 
     @property
     def param_bytes(self) -> int:
@@ -73,12 +80,27 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
-def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool = True) -> Timeline:
+def _jitter(xs: list[float]) -> float:
+    """σ of independent step-to-step variation, from the successive differences (robust to a slow drift)."""
+    return statistics.median(abs(b - a) for a, b in zip(xs, xs[1:])) / (0.6745 * math.sqrt(2))
+
+
+def _kept_rows(rows: list[dict], skip: int) -> list[dict]:
+    """One run's rows with a timeline, each with its step period, the first `skip` left out."""
+    rows = [r for r in with_step_periods(rows) if "timeline" in r]
+    return rows[skip:] if len(rows) > skip else rows
+
+
+def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool = True,
+                        more_runs: list[list[dict]] = ()) -> Timeline:
     """Median timeline over the kept rows of one rank's steps.jsonl (a 1-rank manual or ddp run). The
     step is the period (from the previous step's end, `end_unix_s`) where the rows have it, so `other`
-    holds the work between steps too, as the scaling study's step does."""
-    rows = [r for r in with_step_periods(rows) if "timeline" in r]
-    kept = rows[skip:] if len(rows) > skip else rows
+    holds the work between steps too, as the scaling study's step does. `more_runs`: the rows of other runs
+    of the same job (each with its own warm-up left out), pooled: every median is over all their kept steps.
+    On a shared machine the speed drifts over minutes; the same job measured before and after a study,
+    pooled, stands for the whole study rather than one moment of it."""
+    runs = [_kept_rows(rows, skip)] + [_kept_rows(run, skip) for run in more_runs]
+    kept = [r for run in runs for r in run]
     if not kept:
         raise ConfigError("no steps with a timeline (run with the manual or ddp backend and instrument.enabled=true)")
     pre, bwd, data, step = [], [], [], []
@@ -110,32 +132,55 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
     # gives back the median step exactly (a median of per-step residuals would not: medians do not add).
     # It can be negative when the parts' medians add up to more than the median step.
     other_ms = _median(step) - _median(pre) - _median(bwd) - sum(post_ms.values())
+    jitters = [_jitter([r["period_ms"] for r in run]) for run in runs if len(run) >= 2]
     return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms=post_ms, other_ms=other_ms,
-                    buckets=buckets, data_ms=_median(data), step_ms=_median(step))
+                    buckets=buckets, data_ms=_median(data), step_ms=_median(step),
+                    step_jitter_ms=statistics.fmean(jitters) if jitters else 0.0)
 
 
-def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0) -> Timeline:
+def _job_of(timeline: Timeline) -> tuple:
+    """What must match for two runs to be the same job: backend, model shape, tokens per rank."""
+    return timeline.backend, tuple(sorted(timeline.model.items())), timeline.tokens_per_step
+
+
+def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_runs: list[str | Path] = ()) -> Timeline:
     """Timeline of a 1-rank run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml. manual or ddp:
     with their bucket layouts. fsdp: no buckets (`simulate_fsdp` splits compute per unit from the model
-    shape); its phases carry FSDP's own compute (copies in and out of the flat shards, its hooks)."""
-    run_dir = Path(run_dir)
-    steps = run_dir / "ranks" / f"rank{rank}" / "steps.jsonl"
-    if not steps.is_file():
-        raise ConfigError(f"{steps} not found (is {run_dir} an instrumented run folder?)")
-    rows = read_rank_rows(run_dir)[rank]
-    config = read_run_config(run_dir)
-    timeline = timeline_from_steps(rows, skip, require_buckets=config is None or config.backend != "fsdp")
-    if config is not None:
-        from gptdist.config import batch_plan, resolve_model
-
-        m = resolve_model(config)
-        timeline.model = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
-                          "seq_len": config.data.seq_len}
-        world = len(list((run_dir / "ranks").glob("rank*")))
-        timeline.tokens_per_step = batch_plan(config, world).tokens_per_step // world  # per rank
-        timeline.backend = config.backend
-    timeline.source = str(run_dir)
+    shape); its phases carry FSDP's own compute (copies in and out of the flat shards, its hooks).
+    `more_runs`: other run folders of the same job (backend, model, tokens per rank), pooled
+    (`timeline_from_steps`); a run of another job is refused."""
+    runs = [Path(run_dir), *(Path(r) for r in more_runs)]
+    for run in runs:
+        steps = run / "ranks" / f"rank{rank}" / "steps.jsonl"
+        if not steps.is_file():
+            raise ConfigError(f"{steps} not found (is {run} an instrumented run folder?)")
+    config = read_run_config(runs[0])
+    rows = [read_rank_rows(run)[rank] for run in runs]
+    timeline = timeline_from_steps(rows[0], skip, require_buckets=config is None or config.backend != "fsdp",
+                                   more_runs=rows[1:])
+    _describe_job(timeline, runs[0], config)
+    for run in runs[1:]:
+        other = Timeline(0.0, 0.0, {}, 0.0, [])
+        _describe_job(other, run, read_run_config(run))
+        if _job_of(other) != _job_of(timeline):
+            raise ConfigError(f"{run} is not the same job as {runs[0]} (backend, model and tokens per rank must "
+                              f"match to pool their steps)")
+    timeline.source = ",".join(str(run) for run in runs)
     return timeline
+
+
+def _describe_job(timeline: Timeline, run_dir: Path, config) -> None:
+    """Fill in the model shape, tokens per rank and backend from the run's config (if it has one)."""
+    if config is None:
+        return
+    from gptdist.config import batch_plan, resolve_model
+
+    m = resolve_model(config)
+    timeline.model = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
+                      "seq_len": config.data.seq_len}
+    world = len(list((run_dir / "ranks").glob("rank*")))
+    timeline.tokens_per_step = batch_plan(config, world).tokens_per_step // world  # per rank
+    timeline.backend = config.backend
 
 
 # ----------------------------------------------------------------------------------------------
