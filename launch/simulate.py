@@ -16,6 +16,8 @@
     python launch/simulate.py validate manual=t_manual.json,ddp=t_ddp.json --backends manual,ddp,fsdp ...
     # a measured contention (--contention K=FACTOR): K copies of the 1-rank job at once vs the job alone
     python launch/simulate.py contention runs/solo-b4 runs/copy0 runs/copy1
+    # a contention of K copies held in lock-step (a barrier per step, each its own replica; no gradient exchange)
+    torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out k2.json --solo solo.json
     # 4. the error with its spread over repeated sittings (each repeat's own inputs and study)
     python launch/simulate.py repeats DIR/repeat1/validation/validation.json DIR/repeat2/... --out DIR
     # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
@@ -140,6 +142,36 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     return rows, preds
 
 
+def _lockstep(args) -> None:
+    """simulate.py lockstep: each torchrun process trains its own replica, a barrier before each step."""
+    import torch.distributed as dist
+
+    from gptdist.config import build_config
+    from gptdist.dist import launched_by_torchrun
+    from gptdist.errors import ConfigError
+    from gptdist.studies.simulator import lockstep
+
+    if not launched_by_torchrun():
+        raise ConfigError("lockstep runs under torchrun, one process per copy: "
+                          "torchrun --nproc-per-node K launch/simulate.py lockstep ...")
+    if args.batch < 1 or args.steps <= args.skip:
+        raise ConfigError(f"--batch must be >= 1 and --steps > --skip, got {args.batch}, {args.steps}, {args.skip}")
+    cfg = build_config(args.config, {"backend": "none", "train.device": "cpu"})
+    solo = json.loads(Path(args.solo).read_text()) if args.solo else None  # read before any work: a bad path fails fast
+    dist.init_process_group("gloo")
+    try:
+        times = lockstep.probe(cfg, args.batch, args.steps, lockstep=not args.free)
+        every: list = [None] * dist.get_world_size()
+        dist.all_gather_object(every, times)
+        if dist.get_rank() == 0:
+            result = lockstep.write_result(Path(args.out), args.batch, not args.free, every, args.skip)
+            print(json.dumps({k: v for k, v in result.items() if k != "step_times_per_copy"}))
+            if solo is not None:
+                print(f"{lockstep.contention_factor(result, solo):.4f}")
+    finally:
+        dist.destroy_process_group()
+
+
 def _ms_or_dash(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -161,6 +193,15 @@ def main(argv: list[str]) -> None:
     ct.add_argument("solo", help="the 1-rank run folder, run alone")
     ct.add_argument("copies", nargs="+", help="the run folders of the K copies run at the same time")
     ct.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
+    ls = sub.add_parser("lockstep", formatter_class=HelpFormatter,
+                        help="CPU contention of K copies of the 1-rank job held in lock-step (run under torchrun -n K)")
+    ls.add_argument("--config", required=True, help="the training config (YAML) whose job the copies run")
+    ls.add_argument("--batch", type=int, required=True, help="sequences per copy (the layout's per-rank batch)")
+    ls.add_argument("--steps", type=int, default=14, help="steps per copy")
+    ls.add_argument("--skip", type=int, default=4, help="warm-up steps left out of the medians")
+    ls.add_argument("--free", action="store_true", help="no barrier: the copies run free, as `contention` measures")
+    ls.add_argument("--solo", help="the same probe's JSON at one copy: print the contention factor against it")
+    ls.add_argument("--out", required=True, help="JSON to write (rank 0)")
     rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
                         help="the error per run with its spread over repeated validations (one validation.json each)")
     rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat")
@@ -211,6 +252,9 @@ def main(argv: list[str]) -> None:
         solo = simulator.timeline_from_run(args.solo, args.skip)
         copies = [simulator.timeline_from_run(run, args.skip) for run in args.copies]
         print(f"{simulator.contention_from_runs(solo, copies):.4f}")
+        return
+    if args.cmd == "lockstep":
+        _lockstep(args)
         return
     if args.cmd == "repeats":
         from gptdist.studies.plotting import plot_repeats

@@ -1,0 +1,77 @@
+"""CPU contention measured with K copies of the 1-rank job held in lock-step (a barrier before every step).
+
+Ranks of a data-parallel job run their phases at the same moments: every collective realigns them, so their
+memory-bound phases (the optimizer, clip, the big logits) always collide. K copies started together but left
+free drift apart within a few steps, and measure less contention than training sees (on the 2-core machine:
+two free copies 0.94–1.04×, two training ranks ~1.2× the job alone; docs/results/cluster_simulator_repeats_cpu_netns).
+Here each of the K processes trains its own replica (the `none` backend on a world of one: no gradient is
+exchanged, so this is not a multi-rank training run) and only a barrier joins them before each step.
+
+    torchrun --nproc-per-node 1 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out solo.json
+    torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out k2.json \
+        --solo solo.json          # prints the contention factor (the K copies' median step over the job alone)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gptdist.errors import ConfigError
+
+
+def probe(cfg, batch: int, steps: int, lockstep: bool = True) -> list[tuple[float, float]]:
+    """This process's (start, end) seconds of each step of its own replica; with `lockstep`, after a barrier
+    with the other processes of the (already initialised) process group. time.perf_counter is CLOCK_MONOTONIC
+    on Linux, one clock for every process of the machine, so the copies' times compare."""
+    from gptdist.config import resolve_model
+    from gptdist.dist import DistContext
+    from gptdist.model import GPT
+    from gptdist.train_step import TrainStep
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.manual_seed(1234 + rank)
+    alone = DistContext(0, 1, 0, 1, torch.device("cpu"), None)  # a world of one: nothing is exchanged
+    model_cfg = resolve_model(cfg)
+    step = TrainStep(GPT(model_cfg), cfg, alone)
+    seq = cfg.data.seq_len
+    x = torch.randint(0, model_cfg.vocab_size, (batch, seq))
+    y = torch.randint(0, model_cfg.vocab_size, (batch, seq))
+    times = []
+    for _ in range(steps):
+        if lockstep and dist.is_initialized():
+            dist.barrier()
+        start = time.perf_counter()
+        step.forward_backward(lambda: (x, y))
+        step.sync_and_clip()
+        step.update(cfg.train.lr)
+        times.append((start, time.perf_counter()))
+    return times
+
+
+def median_step_ms(times: list[tuple[float, float]], skip: int) -> float:
+    kept = times[skip:] if len(times) > skip else times
+    return statistics.median((end - start) * 1e3 for start, end in kept)
+
+
+def write_result(out: Path, batch: int, lockstep: bool, times_per_copy: list[list[tuple[float, float]]], skip: int) -> dict:
+    per_copy = [median_step_ms(times, skip) for times in times_per_copy]
+    result = {"copies": len(per_copy), "batch": batch, "lockstep": lockstep, "skip": skip,
+              "median_step_ms_per_copy": per_copy, "median_step_ms": statistics.fmean(per_copy),
+              "step_times_per_copy": times_per_copy}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def contention_factor(copies: dict, solo: dict) -> float:
+    """The K copies' mean median step over the job alone (the same batch)."""
+    if solo["copies"] != 1 or solo["batch"] != copies["batch"]:
+        raise ConfigError(f"--solo must be one copy at the same batch ({copies['batch']}), "
+                          f"not {solo['copies']} at {solo['batch']}")
+    return copies["median_step_ms"] / solo["median_step_ms"]

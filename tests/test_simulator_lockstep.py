@@ -1,0 +1,51 @@
+"""The lock-step contention probe (`simulate.py lockstep`, gptdist/studies/simulator/lockstep.py) with real
+processes: each copy trains its own replica and waits at a barrier before every step, so no copy starts step s
+before every copy has ended step s − 1 (the barrier's meaning, checked on the copies' shared monotonic clock)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from launchers import python, torchrun
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+model: {preset: test}
+data: {seq_len: 16}
+train: {lr: 1.0e-3}
+"""
+
+
+def probe(tmp_path, nproc: int, name: str, *extra: str):
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / f"{name}.json"
+    proc = torchrun(["launch/simulate.py", "lockstep", "--config", str(cfg), "--batch", "2", "--steps", "6",
+                     "--skip", "1", "--out", str(out), *extra], nproc=nproc, timeout=120)
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_copies_in_lockstep_start_each_step_after_every_copy_ended_the_last(tmp_path):
+    solo, _ = probe(tmp_path, 1, "solo")
+    assert solo["copies"] == 1 and solo["lockstep"] and len(solo["step_times_per_copy"][0]) == 6
+    pair, stdout = probe(tmp_path, 2, "pair", "--solo", str(tmp_path / "solo.json"))
+    times = pair["step_times_per_copy"]
+    assert pair["copies"] == 2 and [len(t) for t in times] == [6, 6]
+    for s in range(1, 6):
+        last_end = max(times[c][s - 1][1] for c in range(2))
+        assert all(times[c][s][0] >= last_end for c in range(2)), (s, times)
+    # the factor it prints is the pair's mean median step over the solo one
+    factor = float(stdout.strip().splitlines()[-1])
+    assert factor == pytest.approx(pair["median_step_ms"] / solo["median_step_ms"], rel=1e-3)
+    assert pair["median_step_ms"] == pytest.approx(sum(pair["median_step_ms_per_copy"]) / 2)
+
+
+def test_lockstep_outside_torchrun_is_one_line_and_exit_2(tmp_path):
+    proc = python(["launch/simulate.py", "lockstep", "--config", "x.yaml", "--batch", "2", "--out", str(tmp_path / "o.json")],
+                  check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: lockstep runs under torchrun, one process per copy: "
+                                   "torchrun --nproc-per-node K launch/simulate.py lockstep ...")
