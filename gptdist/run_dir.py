@@ -89,3 +89,11 @@ def setup_logging(run_dir: Path, ctx: DistContext) -> logging.Logger:
         console.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(console)
     return logger
+
+
+def log_to_files_only(logger: logging.Logger, message: str) -> None:
+    """An ERROR line in the rank's log file but not on the console (where main_guard prints the error once)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

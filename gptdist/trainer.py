@@ -43,7 +43,7 @@ from gptdist.instrument.sinks import MetricsLogger
 from gptdist.instrument.watchdog import StallWatchdog
 from gptdist.model import GPT
 from gptdist.optim import lr_at
-from gptdist.run_dir import prepare_run_dir, setup_logging
+from gptdist.run_dir import log_to_files_only, prepare_run_dir, setup_logging
 from gptdist.tokenizer import GPT2_VOCAB_SIZE
 from gptdist.train_step import TrainStep, autocast_context, resolve_dtype
 
@@ -413,5 +413,9 @@ def train(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     trainer = Trainer(cfg, ctx)
     try:
         return trainer.fit()
+    except GptdistError as e:
+        # the run's own log says why it ended: after a multi-node failure the logs are what a user reads
+        log_to_files_only(trainer.log, f"error: {e}")
+        raise
     finally:
         trainer.close()

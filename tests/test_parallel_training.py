@@ -93,14 +93,16 @@ def test_checkpoint_reshards_across_world_sizes_and_backends(data_dir, tmp_path,
     validation loss. And back: the single-process checkpoint loads into fsdp on 2 ranks."""
     _, fsdp4 = run_backend(data_dir, tmp_path, "fsdp", 4, "fsdp4")
     results = {}
-    for backend, world, path in [
-        ("none", 1, fsdp4), ("manual", 2, fsdp4), ("ddp", 2, fsdp4), ("fsdp", 2, fsdp4), ("fsdp", 2, reference[2]),
-    ]:
-        cmd = ["tests/dist_scripts/ckpt_eval.py", backend, str(path), str(data_dir)]
+    for backend, world, paths in [
+        ("none", 1, [fsdp4]), ("manual", 2, [fsdp4]), ("ddp", 2, [fsdp4]), ("fsdp", 2, [fsdp4, reference[2]]),
+    ]:  # one launch per (backend, world): ckpt_eval.py loads each checkpoint in turn
+        cmd = ["tests/dist_scripts/ckpt_eval.py", backend, str(data_dir), *map(str, paths)]
         proc = torchrun(cmd, nproc=world, timeout=300)
-        result = json.loads(re.search(r"RESULT (.*)", proc.stdout).group(1))
-        results[(backend, world, path.name)] = result
-        assert result["step"] == STEPS
+        found = [json.loads(m) for m in re.findall(r"RESULT (.*)", proc.stdout)]
+        assert len(found) == len(paths), proc.stdout
+        for path, result in zip(paths, found):
+            results[(backend, world, path.name)] = result
+            assert result["step"] == STEPS
     fsdp_losses = [r["val_loss"] for k, r in results.items() if k[2] == "fsdp4"]
     assert max(fsdp_losses) - min(fsdp_losses) < 1e-6, results
     # The single-process run and the fsdp run trained the same weights (to float noise), so also the same loss.

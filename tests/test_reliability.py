@@ -191,15 +191,24 @@ def test_a_stalled_rank_makes_the_others_fail_within_the_timeout(data_dir, tmp_p
     stalled = worker_pid(run, 1)
     os.kill(stalled, signal.SIGSTOP)  # rank 1 stops answering, but doesn't die
     t0 = time.time()
+
+    def rank0_failed() -> bool:
+        log = run / "logs" / "rank0.log"
+        return proc.poll() is not None or (log.exists() and "collective failed" in log.read_text())
+
     try:
-        output = proc.communicate(timeout=90)[0]
+        wait_for(rank0_failed, 90, "rank 0 to report the stalled collective")
+        took = time.time() - t0
     finally:
+        # torchrun would otherwise wait out its grace period for the stopped worker to answer SIGTERM
         try:
             os.kill(stalled, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert time.time() - t0 < 90
+    output = proc.communicate(timeout=90)[0]
+    assert took < 60, f"rank 0 took {took:.0f} s to give up (dist.timeout_s 5)"
     assert proc.returncode != 0
+    assert "error: rank 0: collective failed" in (run / "logs" / "rank0.log").read_text()  # the run's log says why
     # The message names the rank, the step, the phase and the collective it was waiting on.
     assert re.search(r"\[rank0\] error: rank 0: collective failed at step \d+ during .*, waiting on all_reduce "
                      r"(bucket=\d+|loss) \([\d.]+ MB\) \(timeout 5s", output), output

@@ -19,9 +19,12 @@ SMALL_BUCKETS = {"parallel.zero.bucket_cap_mb": 0.01, "parallel.zero.first_bucke
 HALFWAY = STEPS // 2
 
 
-def ckpt_eval(backend, world, path, data_dir):
-    proc = torchrun(["tests/dist_scripts/ckpt_eval.py", backend, str(path), str(data_dir)], nproc=world, timeout=300)
-    return json.loads(re.search(r"RESULT (.*)", proc.stdout).group(1))
+def ckpt_eval(backend, world, paths, data_dir) -> list[dict]:
+    """Each checkpoint of `paths` loaded into `backend` at `world` ranks (one launch): its RESULT, in order."""
+    proc = torchrun(["tests/dist_scripts/ckpt_eval.py", backend, str(data_dir), *map(str, paths)], nproc=world, timeout=300)
+    results = [json.loads(m) for m in re.findall(r"RESULT (.*)", proc.stdout)]
+    assert len(results) == len(paths), proc.stdout
+    return results
 
 
 def test_zero2_two_ranks_matches_single_process_and_resumes_exactly(data_dir, tmp_path, reference):
@@ -44,8 +47,9 @@ def test_zero1_four_ranks_matches_and_checkpoints_cross_backends_both_ways(data_
     checkpoint loads into zero on 2 ranks with that checkpoint's moments."""
     got, zero4 = run_backend(data_dir, tmp_path, "zero", 4, "zero4", **{"parallel.zero.stage": 1}, **SMALL_BUCKETS)
     assert_matches_reference(reference, got, zero4)
-    for path, saved_world in ((zero4, 4), (reference[2], 1)):
-        alone, zero2 = ckpt_eval("none", 1, path, data_dir), ckpt_eval("zero", 2, path, data_dir)
+    paths = [zero4, reference[2]]
+    alone_all, zero2_all = ckpt_eval("none", 1, paths, data_dir), ckpt_eval("zero", 2, paths, data_dir)
+    for path, saved_world, alone, zero2 in zip(paths, (4, 1), alone_all, zero2_all):
         assert zero2["step"] == alone["step"] == STEPS and zero2["saved_world"] == saved_world
         assert zero2["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-6), (path, alone, zero2)
         assert zero2["optim_abs_sum"] == pytest.approx(alone["optim_abs_sum"], rel=1e-6), (path, alone, zero2)
