@@ -37,15 +37,7 @@ if [[ -z $VALIDATE_ONLY ]]; then
   stamp "cluster up ($RATE)"
 fi
 validations=(); formula_validations=()
-copies() {  # K B: K copies of the 1-rank manual job at batch B, started together, no communication
-  local pids=()
-  for c in $(seq 0 $(($1 - 1))); do
-    torchrun --standalone --nproc-per-node 1 launch/train.py --config configs/scaling_cpu.yaml --backend manual \
-      --data.batch_size "$2" --train.global_batch_tokens $(($2 * 64)) --train.max_steps "$STEPS" \
-      --log.out_dir "$RR/copies" --log.run_name "k$1-b$2-$c" --log.overwrite true > /dev/null 2>&1 & pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid"; done
-}
+source "$(dirname "$0")/contention_copies.sh"  # copies K B
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables
   modes=$MODES; [[ $i == 1 ]] && modes=$FIRST_MODES

@@ -17,15 +17,7 @@ export OMP_NUM_THREADS=1
 CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-copies() {  # K B: K copies of the 1-rank manual job at batch B, started together, no communication
-  local pids=()
-  for c in $(seq 0 $(($1 - 1))); do
-    torchrun --standalone --nproc-per-node 1 launch/train.py --config configs/scaling_cpu.yaml --backend manual \
-      --data.batch_size "$2" --train.global_batch_tokens $(($2 * 64)) --train.max_steps "$STEPS" \
-      --log.out_dir "$RR/copies" --log.run_name "k$1-b$2-$c" --log.overwrite true > /dev/null 2>&1 & pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid"; done
-}
+source "$(dirname "$0")/contention_copies.sh"  # copies K B
 validations=()
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i
