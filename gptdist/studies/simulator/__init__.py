@@ -65,7 +65,8 @@ jitter (scaled with its compute), e_N the expected lead of the slowest of N norm
 schedule; every collective for FSDP without prefetch, whose compute between collectives jitters by σ/√k each).
 It is the "straggler wait" part of the scaling study, predicted; near 0 for a GPU that only its rank uses.
 
-Modules: `timeline`, `comm_model`, `schedule` (the names below are re-exported here).
+Modules: `timeline`, `comm_model`, `schedule` (the names below are re-exported here); `lockstep`, the lock-step
+contention probe behind `launch/simulate.py lockstep`.
 """
 
 from gptdist.studies.simulator.timeline import (  # noqa: F401
