@@ -472,13 +472,10 @@ def _rank0_decides(ctx: DistContext, fn: Callable[[], Optional[str]]) -> None:
 def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
     if ctx.world_size < 2 and not args.allow_one_rank:
         raise ConfigError("a collective benchmark needs at least 2 ranks (torchrun --nproc-per-node 2 or more)")
-    if ctx.device.type == "cpu":
-        # the allocator setting a CPU training step runs with (gptdist/cpu_memory.py): without it every buffer gloo
-        # allocates above 32 MiB is page-faulted in anew on each call, and the table would price the collectives of
-        # a training step (which keeps its freed memory) 1.3-2x too high at those sizes
-        heap_kept = keep_freed_memory()
-    else:
-        heap_kept = None
+    # the allocator setting a CPU training step runs with (gptdist/cpu_memory.py): without it every buffer gloo
+    # allocates above 32 MiB is page-faulted in anew on each call, and the table would price the collectives of
+    # a training step (which keeps its freed memory) 1.3-2x too high at those sizes
+    heap_kept = keep_freed_memory() if ctx.device.type == "cpu" else None
     lo, hi = resolve_size_range(args, ctx.device.type)
     out = Path(args.out) if args.out else default_out_dir()
 

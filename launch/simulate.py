@@ -144,10 +144,8 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
 
 def _lockstep(args) -> None:
     """simulate.py lockstep: each torchrun process trains its own replica, a barrier before each step."""
-    import torch.distributed as dist
-
     from gptdist.config import build_config
-    from gptdist.dist import launched_by_torchrun
+    from gptdist.dist import distributed, launched_by_torchrun
     from gptdist.errors import ConfigError
     from gptdist.studies.simulator import lockstep
 
@@ -158,18 +156,12 @@ def _lockstep(args) -> None:
         raise ConfigError(f"--batch must be >= 1 and --steps > --skip, got {args.batch}, {args.steps}, {args.skip}")
     cfg = build_config(args.config, {"backend": "none", "train.device": "cpu"})
     solo = json.loads(Path(args.solo).read_text()) if args.solo else None  # read before any work: a bad path fails fast
-    dist.init_process_group("gloo")
-    try:
-        times = lockstep.probe(cfg, args.batch, args.steps, lockstep=not args.free)
-        every: list = [None] * dist.get_world_size()
-        dist.all_gather_object(every, times)
-        if dist.get_rank() == 0:
-            result = lockstep.write_result(Path(args.out), args.batch, not args.free, every, args.skip)
-            print(json.dumps({k: v for k, v in result.items() if k != "step_times_per_copy"}))
-            if solo is not None:
-                print(f"{lockstep.contention_factor(result, solo):.4f}")
-    finally:
-        dist.destroy_process_group()
+    with distributed("cpu", need_group=True) as ctx:
+        result = lockstep.measure(cfg, ctx, args.batch, args.steps, args.skip, not args.free, Path(args.out))
+    if result is not None:
+        print(json.dumps({k: v for k, v in result.items() if k != "step_times_per_copy"}))
+        if solo is not None:
+            print(f"{lockstep.contention_factor(result, solo):.4f}")
 
 
 def _ms_or_dash(x) -> str:

@@ -18,24 +18,33 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
+from gptdist.dist import DistContext, barrier
 from gptdist.errors import ConfigError
 
 
-def probe(cfg, batch: int, steps: int, lockstep: bool = True) -> list[tuple[float, float]]:
+def measure(cfg, ctx: DistContext, batch: int, steps: int, skip: int, lockstep: bool, out: Path) -> Optional[dict]:
+    """Every copy (process of ctx's group) runs `probe`; rank 0 gathers their step times, writes `out` and
+    returns the result (the other ranks: None)."""
+    times = probe(cfg, ctx, batch, steps, lockstep)
+    every: list = [None] * ctx.world_size
+    dist.all_gather_object(every, times)
+    return write_result(out, batch, lockstep, every, skip) if ctx.is_main else None
+
+
+def probe(cfg, ctx: DistContext, batch: int, steps: int, lockstep: bool = True) -> list[tuple[float, float]]:
     """This process's (start, end) seconds of each step of its own replica; with `lockstep`, after a barrier
-    with the other processes of the (already initialised) process group. time.perf_counter is CLOCK_MONOTONIC
-    on Linux, one clock for every process of the machine, so the copies' times compare."""
+    with the other copies in ctx's group. time.perf_counter is CLOCK_MONOTONIC on Linux, one clock for every
+    process of the machine, so the copies' times compare."""
     from gptdist.config import resolve_model
-    from gptdist.dist import DistContext
     from gptdist.model import GPT
     from gptdist.train_step import TrainStep
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    torch.manual_seed(1234 + rank)
+    torch.manual_seed(1234 + ctx.rank)
     alone = DistContext(0, 1, 0, 1, torch.device("cpu"), None)  # a world of one: nothing is exchanged
     model_cfg = resolve_model(cfg)
     step = TrainStep(GPT(model_cfg), cfg, alone)
@@ -44,8 +53,8 @@ def probe(cfg, batch: int, steps: int, lockstep: bool = True) -> list[tuple[floa
     y = torch.randint(0, model_cfg.vocab_size, (batch, seq))
     times = []
     for _ in range(steps):
-        if lockstep and dist.is_initialized():
-            dist.barrier()
+        if lockstep:
+            barrier(ctx)
         start = time.perf_counter()
         step.forward_backward(lambda: (x, y))
         step.sync_and_clip()

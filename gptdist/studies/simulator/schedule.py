@@ -68,9 +68,10 @@ def expected_max_excess(n: int) -> float:
 def arrival_wait_ms(t: Timeline, n: int, sync_points: int, compute_factor: float = 1.0) -> float:
     """Expected straggler wait per step: every rank waits at each synchronising collective for the slowest one.
     The step's compute jitters by σ (the 1-rank run's step-to-step jitter, Timeline.step_jitter_ms; scaled with
-    the compute by `compute_factor`, the batch's compute_scale times the contention); split evenly over the `sync_points` stretches of compute between the collectives
-    that make the ranks meet, each stretch jitters by σ/sqrt(k), independently on each rank, and the slowest of
-    n ranks lags by expected_max_excess(n) of that: k · e_n · σ/sqrt(k) = e_n · σ · sqrt(k). A rank that owns
+    the compute by `compute_factor`, the batch's compute_scale times the contention). Split evenly over the k =
+    `sync_points` stretches of compute between the collectives that make the ranks meet, each stretch jitters
+    by σ/sqrt(k), independently on each rank, and the slowest of n ranks lags by expected_max_excess(n) of
+    that: k · e_n · σ/sqrt(k) = e_n · σ · sqrt(k). A rank that owns
     its device (a GPU) jitters little, and so waits little; N ranks sharing two CPU cores jitter a lot."""
     if n <= 1 or sync_points <= 0 or t.step_jitter_ms <= 0:
         return 0.0
@@ -226,11 +227,11 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
     # without prefetch every collective is waited for where it is issued: each one makes the ranks meet
     # (with prefetch the gathers run ahead of compute: once per step, at the end)
     wait = arrival_wait_ms(t, n, len(events) if not prefetch else 1, c)
-    step = sync_end + post + norm + loss + t.other_ms
+    step = sync_end + post + norm + loss + t.other_ms + wait
     compute = fwd + bwd + post
     comm_total = sum(e.end_ms - e.start_ms for e in events) + norm + loss
-    exposed = max(0.0, step - compute - data - t.other_ms)
-    return Prediction("fsdp", n, step + wait, compute, comm_total, exposed, data, t.other_ms, events,
+    exposed = max(0.0, step - wait - compute - data - t.other_ms)  # the wait is its own part
+    return Prediction("fsdp", n, step, compute, comm_total, exposed, data, t.other_ms, events,
                       {"compute_scale": compute_scale, "contention": contention, "prefetch": prefetch,
                        "reshard_after_forward": reshard_after_forward}, wait)
 

@@ -138,11 +138,6 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
                     step_jitter_ms=statistics.fmean(jitters) if jitters else 0.0)
 
 
-def _job_of(timeline: Timeline) -> tuple:
-    """What must match for two runs to be the same job: backend, model shape, tokens per rank."""
-    return timeline.backend, tuple(sorted(timeline.model.items())), timeline.tokens_per_step
-
-
 def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_runs: list[str | Path] = ()) -> Timeline:
     """Timeline of a 1-rank run folder: runs/<run>/ranks/rank0/steps.jsonl + config.yaml. manual or ddp:
     with their bucket layouts. fsdp: no buckets (`simulate_fsdp` splits compute per unit from the model
@@ -154,33 +149,33 @@ def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_ru
         steps = run / "ranks" / f"rank{rank}" / "steps.jsonl"
         if not steps.is_file():
             raise ConfigError(f"{steps} not found (is {run} an instrumented run folder?)")
-    config = read_run_config(runs[0])
-    rows = [read_rank_rows(run)[rank] for run in runs]
-    timeline = timeline_from_steps(rows[0], skip, require_buckets=config is None or config.backend != "fsdp",
-                                   more_runs=rows[1:])
-    _describe_job(timeline, runs[0], config)
-    for run in runs[1:]:
-        other = Timeline(0.0, 0.0, {}, 0.0, [])
-        _describe_job(other, run, read_run_config(run))
-        if _job_of(other) != _job_of(timeline):
+    configs = [read_run_config(run) for run in runs]
+    jobs = [_job(run, config) for run, config in zip(runs, configs)]
+    for run, job in zip(runs[1:], jobs[1:]):
+        if job != jobs[0]:
             raise ConfigError(f"{run} is not the same job as {runs[0]} (backend, model and tokens per rank must "
                               f"match to pool their steps)")
+    rows = [read_rank_rows(run)[rank] for run in runs]
+    timeline = timeline_from_steps(rows[0], skip, require_buckets=configs[0] is None or configs[0].backend != "fsdp",
+                                   more_runs=rows[1:])
+    for field_name, value in jobs[0].items():
+        setattr(timeline, field_name, value)
     timeline.source = ",".join(str(run) for run in runs)
     return timeline
 
 
-def _describe_job(timeline: Timeline, run_dir: Path, config) -> None:
-    """Fill in the model shape, tokens per rank and backend from the run's config (if it has one)."""
+def _job(run_dir: Path, config) -> dict:
+    """The job a run folder ran, as Timeline fields: model shape, tokens per rank, backend ({} without a config)."""
     if config is None:
-        return
+        return {}
     from gptdist.config import batch_plan, resolve_model
 
     m = resolve_model(config)
-    timeline.model = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
-                      "seq_len": config.data.seq_len}
     world = len(list((run_dir / "ranks").glob("rank*")))
-    timeline.tokens_per_step = batch_plan(config, world).tokens_per_step // world  # per rank
-    timeline.backend = config.backend
+    return {"model": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
+                      "seq_len": config.data.seq_len},
+            "tokens_per_step": batch_plan(config, world).tokens_per_step // world,  # per rank
+            "backend": config.backend}
 
 
 # ----------------------------------------------------------------------------------------------
