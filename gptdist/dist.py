@@ -4,6 +4,13 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MA
 process it starts (single node with --standalone, or several nodes through a c10d rendezvous).
 `init_distributed` reads them; a plain `python` launch is a world of one. NCCL is used when each local
 rank has a CUDA device, gloo otherwise.
+
+GPTDIST_FAKE_WORLD=N (a plain `python` launch only): one process rehearses rank 0 of a world of N on torch's
+fake process group. Every collective returns at once and moves nothing, so the values are wrong, but the
+process does all of its backend's own work at N ranks: FSDP's 1/N shards, its copies into and out of the
+collectives' buffers, the optimizer on the shard, a bucketed backend's buckets. The scaling simulator replays
+such a run's timeline (a rank's compute at N ranks, measured without a multi-rank run), and its peak memory is
+rank 0's at N ranks.
 """
 
 from __future__ import annotations
@@ -84,6 +91,22 @@ def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
     return dist.PrefixStore(f"gptdist/attempt_{attempt}", store)
 
 
+def fake_world_size() -> int:
+    """GPTDIST_FAKE_WORLD as a world size (0 when unset; 1 is a plain world of one)."""
+    text = os.environ.get("GPTDIST_FAKE_WORLD", "").strip()
+    if not text:
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"GPTDIST_FAKE_WORLD must be a world size >= 1, not {text!r}")
+    if n > 1 and launched_by_torchrun():
+        raise ConfigError("GPTDIST_FAKE_WORLD rehearses a world of N in ONE process: launch with `python`, not torchrun")
+    return n
+
+
 def init_distributed(
     device_preference: str = "auto",
     timeout_s: float = 600.0,
@@ -101,6 +124,17 @@ def init_distributed(
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     else:
         rank, world, local_rank, local_world = 0, 1, 0, 1
+    fake_world = fake_world_size()
+    if fake_world > 1:
+        device = choose_device(device_preference, 0)
+        if not dist.is_initialized():
+            import torch.testing._internal.distributed.fake_pg  # noqa: F401  (registers the "fake" backend)
+
+            dist.init_process_group("fake", store=dist.HashStore(), rank=0, world_size=fake_world)
+        elif dist.get_world_size() != fake_world:
+            raise ConfigError(f"GPTDIST_FAKE_WORLD={fake_world}, but this process already has a process group of "
+                              f"{dist.get_world_size()} rank(s)")
+        return DistContext(0, fake_world, 0, fake_world, device, "fake")
     # GPTDIST_GLOO_ON_CUDA=1: gloo with CUDA tensors, every local rank on the visible GPUs in turn. NCCL
     # refuses two ranks on one GPU; the device check (gptdist/gpu_check.py) runs 2 ranks on one GPU this way.
     gloo_on_cuda = os.environ.get("GPTDIST_GLOO_ON_CUDA") == "1" and torch.cuda.is_available()

@@ -35,7 +35,7 @@ from gptdist import flops
 from gptdist.config import Config, batch_plan, resolve_model
 from gptdist.data.loader import TokenLoader
 from gptdist.dist import DistContext, synchronize
-from gptdist.errors import GptdistError
+from gptdist.errors import ConfigError, GptdistError
 from gptdist.evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from gptdist.evaluate import sample_text, validation_loss
 from gptdist.instrument.instrumentation import Instrumentation
@@ -86,6 +86,10 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self.plan = batch_plan(cfg, ctx.world_size)  # raises on impossible batch/world combinations
+        if ctx.backend == "fake" and (cfg.checkpoint.every or cfg.checkpoint.at_end or cfg.checkpoint.resume):
+            # rank 0's shard of a world that moved no data: a checkpoint of it would be wrong
+            raise ConfigError("a GPTDIST_FAKE_WORLD rehearsal saves and resumes no checkpoint: set "
+                              "checkpoint.every 0, checkpoint.at_end false and checkpoint.resume ''")
         self.model_config = resolve_model(cfg)
         self.dtype = resolve_dtype(cfg.train.dtype, self.device)
         if self.device.type == "cuda" and cfg.train.tf32:

@@ -42,6 +42,18 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_a_rehearsal_saves_no_checkpoint(tmp_path):
+    """GPTDIST_FAKE_WORLD=2 with a checkpoint asked for: one line, exit 2, before anything is written."""
+    from launchers import subprocess_env
+
+    proc = python(["launch/train.py", "--backend", "fsdp", "--model.preset", "test", "--log.out_dir", str(tmp_path)],
+                  check=False, timeout=120, env=subprocess_env(GPTDIST_FAKE_WORLD="2"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: a GPTDIST_FAKE_WORLD rehearsal saves and resumes no checkpoint")
+    assert not any(tmp_path.iterdir())
+
+
 HELP = [["launch/train.py"], ["launch/scaling.py"], ["launch/ladder.py"], ["launch/bench_throughput.py"],
         ["launch/evaluate.py"], ["launch/sample.py"], ["launch/analyze_trace.py"], ["launch/prepare_data.py"],
         ["launch/bench_instrumentation.py"], ["launch/simulate.py", "extract"], ["launch/simulate.py", "model"],

@@ -43,3 +43,36 @@ def test_store_keys_are_prefixed_by_the_restart_attempt(monkeypatch):
     raw = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=30))
     assert raw.get("gptdist/attempt_3/peer") == b"here"
     assert raw.check(["gptdist/attempt_3/peer"]) and not raw.check(["peer"])
+
+
+def test_a_fake_world_is_one_process_playing_rank_0_of_n(monkeypatch):
+    """GPTDIST_FAKE_WORLD=3: rank 0 of a world of 3 on torch's fake process group, in this one process."""
+    from gptdist.dist import distributed, teardown
+
+    teardown()  # a group an earlier test in this process left behind
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GPTDIST_FAKE_WORLD", "3")
+    with distributed("cpu") as ctx:
+        assert (ctx.rank, ctx.world_size, ctx.backend) == (0, 3, "fake")
+        assert dist.get_world_size() == 3 and dist.get_rank() == 0
+        x = torch.ones(4)
+        dist.all_reduce(x)  # moves nothing: the values of a rehearsal are not a real run's
+        assert x.tolist() == [1.0] * 4
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("value, torchrun, message", [
+    ("two", False, "must be a world size >= 1"),
+    ("0", False, "must be a world size >= 1"),
+    ("2", True, "not torchrun"),
+])
+def test_a_bad_fake_world_is_refused(monkeypatch, value, torchrun, message):
+    from gptdist.dist import init_distributed
+
+    monkeypatch.setenv("GPTDIST_FAKE_WORLD", value)
+    if torchrun:
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=message):
+        init_distributed("cpu")

@@ -19,7 +19,7 @@ import pytest
 
 from gptdist.instrument.profiler import load_trace
 from gptdist.instrument.trace_analysis import analyze_trace, live_totals, profiled_steps
-from launchers import torchrun
+from launchers import python, subprocess_env, torchrun
 from synthetic import make_token_dataset
 
 pytestmark = pytest.mark.slow
@@ -189,9 +189,53 @@ def test_ddp_wait_inside_backward_counts_as_exposed_communication(data_dir, tmp_
             assert r["comm/exposed_ms"] >= 0.9 * r["comm/total_ms"], r
 
 
-def test_fsdp_run_invariants(data_dir, tmp_path):
-    _, steps = train_run(data_dir, tmp_path, "fsdp", "fsdp")
+def test_fsdp_run_invariants(data_dir, fsdp_run):
+    _, steps = fsdp_run
     check_invariants(steps)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(data_dir, tmp_path_factory):
+    return train_run(data_dir, tmp_path_factory.mktemp("fsdp"), "fsdp", "fsdp")
+
+
+def rehearse(data_dir, out, name, backend, **extra):
+    """The same job as train_run's, rehearsed: ONE process doing rank 0's work at WORLD ranks (GPTDIST_FAKE_WORLD)."""
+    args = {"model.preset": "test", "data.dir": str(data_dir), "data.batch_size": 4, "data.seq_len": 32,
+            "train.max_steps": 6, "train.device": "cpu", "eval.val_every": 0, "checkpoint.at_end": False,
+            "log.out_dir": str(out), "log.run_name": name, "backend": backend,
+            "train.global_batch_tokens": 4 * 32 * WORLD * 2, **extra}
+    python(["launch/train.py", *[f"--{k}={v}" for k, v in args.items()]],
+           env=subprocess_env(GPTDIST_FAKE_WORLD=str(WORLD)))
+    return out / name
+
+
+def collectives_per_step(run):
+    rows = [json.loads(x) for x in (run / "ranks" / "rank0" / "collectives.jsonl").read_text().splitlines()]
+    return [(r["step"], r["op"], r["label"], r["bytes"], r["group_size"]) for r in rows]
+
+
+@pytest.mark.parametrize("backend", ["fsdp", "manual"])
+def test_a_rehearsal_does_rank_0s_collectives_and_is_the_simulators_input(backend, data_dir, tmp_path, fsdp_run,
+                                                                           profiled_run):
+    """GPTDIST_FAKE_WORLD=2: one process issues exactly the collectives (op, label, bytes, group size, every
+    step) that rank 0 of the real 2-rank gloo run issued -- FSDP's per-unit gathers and scatters of its shards,
+    the manual backend's buckets -- so it does rank 0's work; and it is the one multi-rank-shaped run folder
+    the simulator takes in (a real 2-rank run is refused)."""
+    from gptdist.errors import ConfigError
+    from gptdist.studies.simulator import timeline_from_run
+
+    real = fsdp_run[0] if backend == "fsdp" else profiled_run[0]
+    rehearsal = rehearse(data_dir, tmp_path, "rehearsal", backend, **({} if backend == "fsdp" else SMALL_BUCKETS))
+    assert collectives_per_step(rehearsal) == collectives_per_step(real)
+    assert len(collectives_per_step(real)) > 6
+    host = json.loads((rehearsal / "ranks" / "rank0" / "host.json").read_text())
+    assert host["world_size"] == WORLD and host["fake_world"] is True
+    assert not (rehearsal / "ranks" / "rank1").exists()
+    t = timeline_from_run(rehearsal, skip=1)
+    assert t.world_size == WORLD and t.tokens_per_step == 4 * 32 * 2 and t.backend == backend  # per rank: 2 micro-steps
+    with pytest.raises(ConfigError, match="multi-rank run"):
+        timeline_from_run(real, skip=1)
 
 
 def is_complete_event(e):

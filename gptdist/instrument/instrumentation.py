@@ -77,7 +77,9 @@ class Instrumentation:
             self.rank_dir.mkdir(parents=True, exist_ok=True)
             # Which machine this rank ran on: on the emulated cluster, the node (host name and address),
             # so a study can show that its ranks really were on different nodes.
-            (self.rank_dir / "host.json").write_text(json.dumps(rank_host()) + "\n")
+            # world_size: the world this rank trained in (a GPTDIST_FAKE_WORLD rehearsal: the world it played).
+            host = {**rank_host(), "world_size": ctx.world_size, "fake_world": ctx.backend == "fake"}
+            (self.rank_dir / "host.json").write_text(json.dumps(host) + "\n")
         if self.enabled and cfg.instrument.collectives:
             self.recorder: Any = CollectiveRecorder(ctx.device, ctx.rank, ctx.world_size, self.rank_dir / "collectives.jsonl",
                                                      clock=clock)
