@@ -3,6 +3,9 @@
     # 1. a timeline from a measured 1-rank run (manual; ddp: DDP's own bucket layout; fsdp: its own compute)
     python launch/simulate.py extract runs/scaling/manual-n1-b8 --out timeline.json
     # several 1-rank runs of the same job (before and after a study) are pooled: medians over all their steps
+    # a rehearsal: one process doing rank 0's work at N ranks (fake collectives): replayed as is at N ranks
+    GPTDIST_FAKE_WORLD=2 python launch/train.py --config C --backend fsdp ... --log.run_name fsdp-f2-b2
+    python launch/simulate.py extract runs/fsdp-f2-b2 --out t_f2.json    # then --small-timeline fsdp=t_f2.json
     python launch/simulate.py extract runs/before/manual-n1-b8 runs/after/manual-n1-b8 --out timeline.json
     # 2. predicted step times at N ranks, from comm_bench fits or a hardware profile; report + plots
     python launch/simulate.py predict timeline.json --fit docs/results/comm_bench_cpu_gloo/fit.json \
@@ -111,10 +114,11 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         if tokens_per_rank is not None:
             if not timeline.tokens_per_step:
                 raise ConfigError(f"{timeline.source or 'the timeline'} has no tokens_per_step (extract it from a run folder)")
-            # the timeline measured at this rank's batch, else the nearest one scaled (simulator.timeline_for_tokens)
-            replayed, share = simulator.timeline_for_tokens(measured, tokens_per_rank[i])
+            # a rehearsal of this world at this rank's batch, else the 1-rank timeline measured at this batch, else
+            # the nearest one scaled (simulator.timeline_for_tokens)
+            replayed, share = simulator.timeline_for_tokens(measured, tokens_per_rank[i], n)
         elif len(measured) > 1:
-            replayed, share = simulator.timeline_for_tokens(measured, timeline.tokens_per_step * share)
+            replayed, share = simulator.timeline_for_tokens(measured, timeline.tokens_per_step * share, n)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         contention = _measured_contention(args).get(n, contention)
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
@@ -155,13 +159,14 @@ def _lockstep(args) -> None:
     if args.batch < 1 or args.steps <= args.skip:
         raise ConfigError(f"--batch must be >= 1 and --steps > --skip, got {args.batch}, {args.steps}, {args.skip}")
     cfg = build_config(args.config, {"backend": "none", "train.device": "cpu"})
-    solo = json.loads(Path(args.solo).read_text()) if args.solo else None  # read before any work: a bad path fails fast
+    # read before any work: a bad path fails fast
+    solos = [json.loads(Path(f).read_text()) for f in args.solo.split(",")] if args.solo else None
     with distributed("cpu", need_group=True) as ctx:
         result = lockstep.measure(cfg, ctx, args.batch, args.steps, args.skip, not args.free, Path(args.out))
     if result is not None:
         print(json.dumps({k: v for k, v in result.items() if k != "step_times_per_copy"}))
-        if solo is not None:
-            print(f"{lockstep.contention_factor(result, solo):.4f}")
+        if solos is not None:
+            print(f"{lockstep.contention_factor(result, solos):.4f}")
 
 
 def _ms_or_dash(x) -> str:
@@ -176,8 +181,9 @@ def main(argv: list[str]) -> None:
     p = make_parser(__doc__, first_paragraph_only=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract", formatter_class=HelpFormatter, help="timeline.json from a 1-rank run folder (manual, ddp or fsdp)")
-    e.add_argument("run", nargs="+", help="a 1-rank instrumented run folder; several runs of the same job (e.g. measured "
-                   "before and after a study) are pooled: the medians are over all their kept steps")
+    e.add_argument("run", nargs="+", help="a 1-rank instrumented run folder, or a GPTDIST_FAKE_WORLD=N rehearsal (one "
+                   "process doing rank 0's work at N ranks); several runs of the same job (e.g. measured before and "
+                   "after a study) are pooled: the medians are over all their kept steps")
     e.add_argument("--skip", type=int, default=3, help="warm-up steps left out")
     e.add_argument("--out", required=True, help="timeline JSON to write")
     ct = sub.add_parser("contention", formatter_class=HelpFormatter,
@@ -192,7 +198,8 @@ def main(argv: list[str]) -> None:
     ls.add_argument("--steps", type=int, default=14, help="steps per copy")
     ls.add_argument("--skip", type=int, default=4, help="warm-up steps left out of the medians")
     ls.add_argument("--free", action="store_true", help="no barrier: the copies run free, as `contention` measures")
-    ls.add_argument("--solo", help="the same probe's JSON at one copy: print the contention factor against it")
+    ls.add_argument("--solo", help="the same probe's JSON at one copy (F or F,F,...: their mean, e.g. measured before "
+                    "and after the K copies): print the contention factor against it")
     ls.add_argument("--out", required=True, help="JSON to write (rank 0)")
     rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
                         help="the error per run with its spread over repeated validations (one validation.json each)")
@@ -222,9 +229,10 @@ def main(argv: list[str]) -> None:
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
         q.add_argument("--threads-per-rank", type=int, default=1, help="threads per rank (CPU contention model)")
         q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C)")
-        q.add_argument("--small-timeline", action="append", help="another 1-rank timeline at a smaller batch "
-                       "(PATH or BACKEND=PATH,...; repeat it for more batches): a run at a measured batch replays "
-                       "that timeline, others the nearest one with compute(batch) affine between two")
+        q.add_argument("--small-timeline", action="append", help="another 1-rank timeline at a smaller batch, or a "
+                       "rehearsal's (PATH or BACKEND=PATH,...; repeat it for more): a layout of N ranks replays the "
+                       "rehearsal of N ranks at its batch where given, else the 1-rank one at its batch, else the "
+                       "nearest one with compute(batch) affine between two")
         q.add_argument("--no-overlap", action="store_true", help="all-reduces after backward (manual/ddp)")
         q.add_argument("--no-prefetch", action="store_true", help="fsdp: no all-gather prefetch")
         q.add_argument("--out", help="report folder")

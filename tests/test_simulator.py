@@ -130,6 +130,20 @@ def test_fsdp_free_comm_is_pure_compute_and_optimizer_is_sharded():
     assert sum(share for _, _, share in units) == pytest.approx(1.0)
 
 
+def test_an_fsdp_rehearsal_is_replayed_as_measured_less_its_fake_collectives():
+    """A rehearsal at 2 ranks (GPTDIST_FAKE_WORLD=2) measured the optimizer on its own half shard, fixed costs and
+    all: 2 ranks replay it whole (a 1-rank timeline's is halved). Its fake collectives took 9 ms inside forward and
+    backward, which the comm model already prices: taken out, 3 ms from the 30 ms forward, 6 from the backward."""
+    rehearsal = fsdp_timeline()
+    rehearsal.world_size, rehearsal.comm_ms = 2, 9.0
+    p = simulate(rehearsal, linear_comm(0.0, 0.0), 2, "fsdp")
+    assert p.step_ms == pytest.approx(27 + 54 + 8)
+    one_rank = simulate(fsdp_timeline(), linear_comm(0.0, 0.0), 2, "fsdp")
+    assert one_rank.step_ms == pytest.approx(30 + 60 + 8 / 2)
+    # at 4 ranks the rehearsal's shard halves again
+    assert simulate(rehearsal, linear_comm(0.0, 0.0), 4, "fsdp").step_ms == pytest.approx(27 + 54 + 4)
+
+
 def test_fsdp_without_prefetch_exposes_every_gather():
     comm = linear_comm(1.0, 0.0)  # every collective 1 ms
     t = fsdp_timeline()
@@ -427,6 +441,15 @@ def test_timeline_for_tokens_replays_the_measured_batch_or_the_nearest_scaled():
     assert t is b2 and scale == pytest.approx(30 / 40)
     # one timeline: a straight share (strong scaling's 1/N)
     assert timeline_for_tokens([b8], 200) == (b8, 0.25)
+    # a rehearsal of 2 ranks at 400 tokens: replayed as is by a 2-rank layout at that batch, by nothing else
+    r2 = at(400, 70.0)
+    r2.world_size = 2
+    assert timeline_for_tokens([b8, r2, b4, b2], 400, world=2) == (r2, 1.0)
+    assert timeline_for_tokens([b8, r2, b4, b2], 400, world=1) == (b4, 1.0)
+    assert timeline_for_tokens([b8, r2, b4, b2], 400, world=4) == (b4, 1.0)
+    assert timeline_for_tokens([b8, r2, b2], 200, world=2) == (b2, 1.0)
+    t, scale = timeline_for_tokens([b8, r2, b2], 300, world=2)  # scaled between the 1-rank ones only
+    assert t is b2 and scale == pytest.approx(50 / 40)
     with pytest.raises(ConfigError, match="tokens_per_step"):
         timeline_for_tokens([b8, at(0, 10.0)], 400)
 

@@ -49,3 +49,17 @@ def test_lockstep_outside_torchrun_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: lockstep runs under torchrun, one process per copy: "
                                    "torchrun --nproc-per-node K launch/simulate.py lockstep ...")
+
+
+def test_contention_is_over_the_mean_of_the_solo_measurements():
+    """A solo copy measured before (100 ms) and after (140 ms) the pair (median step 132 ms): the machine's speed
+    moved between them, and the factor is over their mean, 132 / 120 = 1.1."""
+    from gptdist.errors import ConfigError
+    from gptdist.studies.simulator.lockstep import contention_factor
+
+    pair = {"copies": 2, "batch": 4, "median_step_ms": 132.0}
+    before, after = ({"copies": 1, "batch": 4, "median_step_ms": ms} for ms in (100.0, 140.0))
+    assert contention_factor(pair, [before, after]) == pytest.approx(1.1)
+    assert contention_factor(pair, [before]) == pytest.approx(1.32)
+    with pytest.raises(ConfigError, match="same batch"):
+        contention_factor(pair, [{"copies": 1, "batch": 2, "median_step_ms": 100.0}])

@@ -19,6 +19,12 @@ THE TIMELINE (one rank, one optimizer step, medians over steps; `Timeline`):
                   slow drift of the machine's speed is left out): the straggler wait below
 Several 1-rank runs of one job (measured before and after a study) pool their steps into one timeline.
 
+A REHEARSAL (`GPTDIST_FAKE_WORLD=N python launch/train.py ...`, gptdist/dist.py) is one process doing rank 0's work
+at N ranks on torch's fake process group: FSDP's 1/N shards and its copies into and out of the collectives'
+buffers, the optimizer on the shard. Its timeline (world_size N; comm_ms, its fake collectives' own time) is
+replayed as it is by a layout of N ranks at its batch (`timeline_for_tokens`): only the communication is
+modelled. It is not a multi-rank training run: nothing is exchanged, and `timeline_from_run` refuses real ones.
+
 THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's measured tables (`comm_from_table`,
 interpolated), its α–β fits (`gptdist.studies.alphabeta`; any N, extrapolated) or a named hardware profile
 (`PROFILES`, every number a stated assumption with its source).
@@ -37,7 +43,8 @@ scatter of its gradients after its backward. With `prefetch` the all-gather of t
 when the current unit starts computing (FSDP2 on GPUs: separate streams run ahead of compute); without
 it every collective is issued when its unit needs it and waited for: each all-gather just before its
 unit, each reduce-scatter right after its unit's backward (what FSDP2 does on CPU/gloo, where the
-recorder sees every FSDP collective as blocking).
+recorder sees every FSDP collective as blocking). Optimizer, clip and zero_grad: 1/N of a 1-rank
+timeline's (the shard), a rehearsal's as it measured them.
 Compute per unit is split in proportion to its model FLOPs. One comm stream for all collectives.
 
 COMPUTE AT N RANKS: `compute_scale` multiplies the batch-dependent part (pre, backward, bucket ready

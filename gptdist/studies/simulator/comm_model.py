@@ -148,10 +148,12 @@ def batch_compute_scale(big: "Timeline", small: "Timeline", tokens: float) -> fl
     return (intercept + slope * tokens) / w_big
 
 
-def timeline_for_tokens(timelines: list["Timeline"], tokens: float) -> tuple["Timeline", float]:
-    """The 1-rank timeline to replay for a rank that computes `tokens` per step, and its compute_scale.
+def timeline_for_tokens(timelines: list["Timeline"], tokens: float, world: int = 1) -> tuple["Timeline", float]:
+    """The timeline to replay for a rank of a `world`-rank job that computes `tokens` per step, and its compute_scale.
 
-    One measured at that very batch is replayed as it is (scale 1): its compute, bucket ready times and
+    A rehearsal of that very world and batch (Timeline.world_size == world, GPTDIST_FAKE_WORLD) is replayed as it
+    is (scale 1): it holds the backend's own work at `world` ranks. Else from the 1-rank timelines: one measured at
+    that very batch is replayed as it is (scale 1): its compute, bucket ready times and
     fixed per-step costs are those of the batch the rank will have. Otherwise the nearest measured batch
     is replayed, scaled by the affine compute(batch) through the two measured batches around `tokens`
     (the two nearest when it lies outside them; a tie goes to the larger batch). With one timeline: a
@@ -160,6 +162,10 @@ def timeline_for_tokens(timelines: list["Timeline"], tokens: float) -> tuple["Ti
         raise ConfigError("timeline_for_tokens needs at least one timeline")
     if any(not t.tokens_per_step for t in timelines):
         raise ConfigError("every timeline needs tokens_per_step (extract it from a run folder)")
+    for t in timelines:
+        if world > 1 and t.world_size == world and abs(t.tokens_per_step - tokens) < 0.5:
+            return t, 1.0
+    timelines = [t for t in timelines if t.world_size == 1] or timelines
     by_distance = sorted(timelines, key=lambda t: (abs(t.tokens_per_step - tokens), -t.tokens_per_step))
     nearest = by_distance[0]
     if abs(nearest.tokens_per_step - tokens) < 0.5:

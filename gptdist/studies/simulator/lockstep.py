@@ -10,6 +10,7 @@ exchanged, so this is not a multi-rank training run) and only a barrier joins th
     torchrun --nproc-per-node 1 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out solo.json
     torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out k2.json \
         --solo solo.json          # prints the contention factor (the K copies' median step over the job alone)
+    # --solo before.json,after.json: over the mean of one copy measured before and after the K copies
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def write_result(out: Path, batch: int, lockstep: bool, times_per_copy: list[lis
     return result
 
 
-def contention_factor(copies: dict, solo: dict) -> float:
-    """The K copies' mean median step over the job alone (the same batch)."""
-    if solo["copies"] != 1 or solo["batch"] != copies["batch"]:
-        raise ConfigError(f"--solo must be one copy at the same batch ({copies['batch']}), "
-                          f"not {solo['copies']} at {solo['batch']}")
-    return copies["median_step_ms"] / solo["median_step_ms"]
+def contention_factor(copies: dict, solos: list[dict]) -> float:
+    """The K copies' mean median step over the job alone (the same batch). Several solo measurements (e.g. one
+    before and one after the copies, so that a drift of the machine's speed cancels): over their mean."""
+    for solo in solos:
+        if solo["copies"] != 1 or solo["batch"] != copies["batch"]:
+            raise ConfigError(f"--solo must be one copy at the same batch ({copies['batch']}), "
+                              f"not {solo['copies']} at {solo['batch']}")
+    return copies["median_step_ms"] / statistics.fmean(solo["median_step_ms"] for solo in solos)

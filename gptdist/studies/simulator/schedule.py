@@ -79,6 +79,13 @@ def arrival_wait_ms(t: Timeline, n: int, sync_points: int, compute_factor: float
     return expected_max_excess(n) * sigma * math.sqrt(sync_points)
 
 
+def _without(fwd: float, bwd: float, comm: float) -> tuple[float, float]:
+    """fwd and bwd less `comm` ms, taken from each in proportion to its length."""
+    total = fwd + bwd
+    keep = max(0.0, total - comm) / total if total > 0 else 1.0
+    return fwd * keep, bwd * keep
+
+
 def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: int, free_at: float = 0.0) -> list[CommEvent]:
     """Requests (op, label, bytes, launch time) in issue order on one stream -> events."""
     events = []
@@ -173,10 +180,13 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
     units = fsdp_units(t.model)
     root, blocks = units[0], units[1:]
     data = t.data_ms * c
-    fwd = (t.pre_ms - t.data_ms) * c
-    bwd = t.backward_ms * c
-    # The optimizer, clip and zero_grad work on this rank's 1/N shard.
-    post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * contention / n
+    fwd, bwd = t.pre_ms - t.data_ms, t.backward_ms
+    if t.world_size > 1:  # a rehearsal: its fake collectives' own time is in its phases; the comm model has it
+        fwd, bwd = _without(fwd, bwd, t.comm_ms)
+    fwd, bwd = fwd * c, bwd * c
+    # The optimizer, clip and zero_grad work on this rank's 1/N shard: a rehearsal measured them on its own
+    # 1/world_size shard (fixed per-tensor costs and all); a 1-rank timeline's are divided by N.
+    post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * contention * t.world_size / n
     free_at, clock, events = 0.0, data, []
 
     def collective(op: str, label: str, nbytes: float, launch: float) -> float:

@@ -43,6 +43,13 @@ class Timeline:
     # each run's own. Ranks that jitter independently arrive at a collective at different times: the simulator's
     # straggler wait (schedule.arrival_wait_ms) comes from it.
     step_jitter_ms: float = 0.0
+    # The world the run was measured in: 1, or N for a rehearsal (GPTDIST_FAKE_WORLD=N: one process doing rank 0's
+    # work at N ranks -- FSDP's shards and copies, the optimizer on the shard -- with collectives that move nothing).
+    # A rehearsal's timeline is replayed as it is at N ranks: only the communication is modelled.
+    world_size: int = 1
+    # the collectives' own median time per step in the run (inside its phases). In a rehearsal it is the fake
+    # collectives' Python overhead, which the comm model's measured times already hold: the schedule takes it out.
+    comm_ms: float = 0.0
 
     @property
     def param_bytes(self) -> int:
@@ -103,7 +110,7 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
     kept = [r for run in runs for r in run]
     if not kept:
         raise ConfigError("no steps with a timeline (run with the manual or ddp backend and instrument.enabled=true)")
-    pre, bwd, data, step = [], [], [], []
+    pre, bwd, data, step, comm = [], [], [], [], []
     post: dict[str, list[float]] = {p: [] for p in POST_PHASES}
     ready: dict[int, list[float]] = {}
     sizes: dict[int, int] = {}
@@ -119,6 +126,7 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
         for name in POST_PHASES:
             post[name].append(sum(e - s for n, s, e in phases if n == name))
         step.append(r["period_ms"])
+        comm.append(r.get("comm/total_ms", 0.0))
         for name, index, nbytes, t in r["timeline"]["marks"]:
             if name == "bucket_ready":
                 ready.setdefault(index, []).append(t - b_start)
@@ -135,7 +143,7 @@ def timeline_from_steps(rows: list[dict], skip: int = 1, require_buckets: bool =
     jitters = [_jitter([r["period_ms"] for r in run]) for run in runs if len(run) >= 2]
     return Timeline(pre_ms=_median(pre), backward_ms=_median(bwd), post_ms=post_ms, other_ms=other_ms,
                     buckets=buckets, data_ms=_median(data), step_ms=_median(step),
-                    step_jitter_ms=statistics.fmean(jitters) if jitters else 0.0)
+                    step_jitter_ms=statistics.fmean(jitters) if jitters else 0.0, comm_ms=_median(comm))
 
 
 def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_runs: list[str | Path] = ()) -> Timeline:
@@ -150,11 +158,16 @@ def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_ru
         if not steps.is_file():
             raise ConfigError(f"{steps} not found (is {run} an instrumented run folder?)")
     configs = [read_run_config(run) for run in runs]
+    for run in runs:  # the simulator's inputs are never a multi-rank training run
+        host = _host(run)
+        if not host.get("fake_world") and len(list((run / "ranks").glob("rank*"))) > 1:
+            raise ConfigError(f"{run} is a multi-rank run: extract a timeline from a 1-rank run or a GPTDIST_FAKE_WORLD "
+                              f"rehearsal (one process playing rank 0 of N)")
     jobs = [_job(run, config) for run, config in zip(runs, configs)]
     for run, job in zip(runs[1:], jobs[1:]):
         if job != jobs[0]:
-            raise ConfigError(f"{run} is not the same job as {runs[0]} (backend, model and tokens per rank must "
-                              f"match to pool their steps)")
+            raise ConfigError(f"{run} is not the same job as {runs[0]} (backend, model, world and tokens per "
+                              f"rank must match to pool their steps)")
     rows = [read_rank_rows(run)[rank] for run in runs]
     timeline = timeline_from_steps(rows[0], skip, require_buckets=configs[0] is None or configs[0].backend != "fsdp",
                                    more_runs=rows[1:])
@@ -171,11 +184,23 @@ def _job(run_dir: Path, config) -> dict:
     from gptdist.config import batch_plan, resolve_model
 
     m = resolve_model(config)
-    world = len(list((run_dir / "ranks").glob("rank*")))
+    world = _world_size(run_dir)
     return {"model": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
                       "seq_len": config.data.seq_len},
             "tokens_per_step": batch_plan(config, world).tokens_per_step // world,  # per rank
-            "backend": config.backend}
+            "backend": config.backend, "world_size": world}
+
+
+def _host(run_dir: Path) -> dict:
+    """Rank 0's host.json ({} for runs from before it was written)."""
+    path = run_dir / "ranks" / "rank0" / "host.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _world_size(run_dir: Path) -> int:
+    """The world a run trained in: as rank 0 recorded it (host.json; a rehearsal's is the world it played), else
+    the number of rank folders (runs from before host.json had it)."""
+    return int(_host(run_dir).get("world_size") or len(list((run_dir / "ranks").glob("rank*"))))
 
 
 # ----------------------------------------------------------------------------------------------
