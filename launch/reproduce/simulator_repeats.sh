@@ -3,9 +3,12 @@
 # simulator's inputs, none of them a multi-rank training run -- the 1-rank runs at every per-rank batch the study
 # will have (strong, global batch 4: b = 4 at 1 rank, b = 2 at 2 ranks), a rehearsal of each 2-rank job
 # (GPTDIST_FAKE_WORLD=2: one process doing rank 0's work at 2 ranks, collectives that move nothing), comm_bench
-# tables at 2 ranks, and the CPU contention (2 copies of the 1-rank job at b = 2 run at once, no communication) --
-# then the study, then the 1-rank runs and rehearsals again, then `simulate.py validate` twice: replaying the
-# rehearsals at 2 ranks (the model of record) and the 1-rank runs (validation_no_rehearsal). Each timeline pools
+# tables at 2 ranks, and the CPU contention (2 copies of the 1-rank job at b = 2 held in lock-step: `simulate.py
+# lockstep`, a barrier before each step, each copy its own replica, no communication; and 2 copies run free, for
+# comparison) -- then the study, then the 1-rank runs and rehearsals again, then `simulate.py validate` three
+# times: replaying the rehearsals at 2 ranks with the lock-step contention (the model of record, validation/),
+# the same with the free copies' contention (validation_free_copies/), and the 1-rank runs instead of the
+# rehearsals (validation_no_rehearsal/). Each timeline pools
 # the runs of its job from before and after the study (and the study's own 1-rank run): this machine's speed
 # drifts by up to ~30% over minutes, and inputs from one moment would carry that drift into every prediction.
 # At the end: the error per run with its spread over the repeats.
@@ -19,8 +22,8 @@ export OMP_NUM_THREADS=1
 CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/contention_copies.sh"  # copies K B
-validations=(); no_rehearsal=()
+source "$(dirname "$0")/contention_copies.sh"  # copies K B, lockstep_contention K B DIR, rehearse BACKEND N B DIR
+validations=(); no_rehearsal=(); free_copies=()
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i
   mkdir -p "$R/timelines"
@@ -39,7 +42,8 @@ for i in $(seq 1 "$REPEATS"); do
     singles before
     copies 2 2
     python launch/simulate.py contention "$RR/before/manual-n1-b2" "$RR"/copies/k2-b2-* --skip "$WARMUP" \
-      | sed 's/^/2=/' > "$R/contention.txt"
+      | sed 's/^/2=/' > "$R/contention_free_copies.txt"
+    echo "2=$(lockstep_contention 2 2 "$R")" > "$R/contention.txt"
     # the study (its 1-rank run at b = 4 joins that timeline's pool), then the 1-rank runs again
     python launch/scaling.py --config configs/scaling_cpu.yaml --backends "$BACKENDS" --world-sizes 1,2 \
       --modes strong --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" --out "$R/study"
@@ -61,12 +65,17 @@ for i in $(seq 1 "$REPEATS"); do
     local out=$1; shift
     python launch/simulate.py validate "$big" --small-timeline "$small" --comm-table "$R/comm_n2" \
       --study "$R/study/results.json" --backends "$BACKENDS" --modes strong --cores "$CORES" --no-prefetch \
-      --contention "$(cat "$R/contention.txt")" --out "$R/$out" "$@" | tee "$R/$out.console.txt"
+      --out "$R/$out" "$@" | tee "$R/$out.console.txt"
   }
-  validate validation --small-timeline "$rehearsed"  # the model of record: 2 ranks replay their rehearsal
+  # the model of record: 2 ranks replay their rehearsal, with the lock-step contention
+  validate validation --small-timeline "$rehearsed" --contention "$(cat "$R/contention.txt")"
   validations+=("$R/validation/validation.json")
-  validate validation_no_rehearsal  # the 1-rank run at b = 2 instead (FSDP's shard work modelled as 1/N)
+  validate validation_free_copies --small-timeline "$rehearsed" --contention "$(cat "$R/contention_free_copies.txt")"
+  free_copies+=("$R/validation_free_copies/validation.json")
+  # the 1-rank run at b = 2 instead of the rehearsal (FSDP's shard work modelled as 1/N)
+  validate validation_no_rehearsal --contention "$(cat "$R/contention.txt")"
   no_rehearsal+=("$R/validation_no_rehearsal/validation.json")
 done
 python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
 python launch/simulate.py repeats "${no_rehearsal[@]}" --out "$OUT/no_rehearsal"
+python launch/simulate.py repeats "${free_copies[@]}" --out "$OUT/free_copies"
