@@ -179,10 +179,18 @@ def test_overlap_off_exposes_all_communication(data_dir, tmp_path, profiled_run)
     assert all(x > 0 for x in on_overlapped)  # with overlap, bucket all-reduces run during backward
 
 
-def test_ddp_wait_inside_backward_counts_as_exposed_communication(data_dir, tmp_path):
+ONE_DDP_BUCKET = {"parallel.ddp.bucket_cap_mb": 100.0}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_dir, tmp_path_factory):
+    return train_run(data_dir, tmp_path_factory.mktemp("ddp"), "ddp_one_bucket", "ddp", **ONE_DDP_BUCKET)
+
+
+def test_ddp_wait_inside_backward_counts_as_exposed_communication(ddp_run):
     """One DDP bucket: its all-reduce can only start once backward has computed every gradient, and DDP
     waits for it inside loss.backward(). That wait must show as exposed communication, not compute."""
-    _, steps = train_run(data_dir, tmp_path, "ddp_one_bucket", "ddp", **{"parallel.ddp.bucket_cap_mb": 100.0})
+    _, steps = ddp_run
     check_invariants(steps)
     for rows in steps.values():
         for r in rows[1:]:  # step 1: DDP still builds its buckets
@@ -215,9 +223,9 @@ def collectives_per_step(run):
     return [(r["step"], r["op"], r["label"], r["bytes"], r["group_size"]) for r in rows]
 
 
-@pytest.mark.parametrize("backend", ["fsdp", "manual"])
+@pytest.mark.parametrize("backend", ["fsdp", "manual", "ddp"])
 def test_a_rehearsal_does_rank_0s_collectives_and_is_the_simulators_input(backend, data_dir, tmp_path, fsdp_run,
-                                                                           profiled_run):
+                                                                           profiled_run, ddp_run):
     """GPTDIST_FAKE_WORLD=2: one process issues exactly the collectives (op, label, bytes, group size, every
     step) that rank 0 of the real 2-rank gloo run issued -- FSDP's per-unit gathers and scatters of its shards,
     the manual backend's buckets -- so it does rank 0's work; and it is the one multi-rank-shaped run folder
@@ -225,8 +233,9 @@ def test_a_rehearsal_does_rank_0s_collectives_and_is_the_simulators_input(backen
     from gptdist.errors import ConfigError
     from gptdist.studies.simulator import timeline_from_run
 
-    real = fsdp_run[0] if backend == "fsdp" else profiled_run[0]
-    rehearsal = rehearse(data_dir, tmp_path, "rehearsal", backend, **({} if backend == "fsdp" else SMALL_BUCKETS))
+    real, settings = {"fsdp": (fsdp_run[0], {}), "manual": (profiled_run[0], SMALL_BUCKETS),
+                      "ddp": (ddp_run[0], ONE_DDP_BUCKET)}[backend]
+    rehearsal = rehearse(data_dir, tmp_path, "rehearsal", backend, **settings)
     assert collectives_per_step(rehearsal) == collectives_per_step(real)
     assert len(collectives_per_step(real)) > 6
     host = json.loads((rehearsal / "ranks" / "rank0" / "host.json").read_text())

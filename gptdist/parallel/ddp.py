@@ -47,7 +47,12 @@ def timed_allreduce_hook(state, bucket):
     buffer.div_(group.size())  # divide first, as DDP does (keeps fp16 sums in range)
     work = dist.all_reduce(buffer, group=group, async_op=True)
     recorder.track("all_reduce", buffer, f"bucket={bucket.index()}", work, group_size=group.size(), group=group)
-    return work.get_future().then(lambda fut: fut.value()[0])
+
+    def reduced(fut):
+        fut.wait()  # raises if the all-reduce failed
+        return buffer  # reduced in place (a fake process group's future, GPTDIST_FAKE_WORLD, carries no value)
+
+    return work.get_future().then(reduced)
 
 
 @dataclass
