@@ -46,7 +46,8 @@ def test_a_rehearsal_saves_no_checkpoint(tmp_path):
     """GPTDIST_FAKE_WORLD=2 with a checkpoint asked for: one line, exit 2, before anything is written."""
     from launchers import subprocess_env
 
-    proc = python(["launch/train.py", "--backend", "fsdp", "--model.preset", "test", "--log.out_dir", str(tmp_path)],
+    proc = python(["launch/train.py", "--backend", "fsdp", "--model.preset", "test", "--data.seq_len", "32",
+                   "--log.out_dir", str(tmp_path)],
                   check=False, timeout=120, env=subprocess_env(GPTDIST_FAKE_WORLD="2"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()

@@ -48,7 +48,8 @@ def rank_hosts(run_dir: Path) -> dict[int, dict]:
     """rank -> {host, addr, cluster_node} as each rank wrote it (ranks/rank{r}/host.json)."""
     out = {}
     for path in sorted((Path(run_dir) / "ranks").glob("rank*/host.json")):
-        out[int(path.parent.name[4:])] = json.loads(path.read_text())
+        host = json.loads(path.read_text())
+        out[int(path.parent.name[4:])] = {k: host.get(k) for k in ("host", "addr", "cluster_node")}
     return out
 
 
