@@ -126,6 +126,9 @@ def build_parser(default_op: str) -> argparse.ArgumentParser:
     p.add_argument("-b", "--min-bytes", default=None, help="smallest size, e.g. 8, 1K (default: 8 on GPU, 1K on CPU)")
     p.add_argument("-e", "--max-bytes", default=None, help="largest size, e.g. 64M, 1G (default: 1G on GPU, 16M on CPU)")
     p.add_argument("-f", "--step-factor", type=int, default=2, help="multiply the size by this each step (default 2)")
+    p.add_argument("--sizes", default="",
+                   help="also these exact sizes, comma-separated (e.g. a training step's buckets: launch/simulate.py "
+                        "sizes RUN); each is rounded down to whole elements per rank, as the sweep's are")
     p.add_argument("-w", "--warmup", type=int, default=5, help="untimed calls per size (default 5)")
     p.add_argument("-n", "--iters", type=int, default=20, help="timed calls per size (default 20)")
     p.add_argument("-d", "--dtype", default="fp32", help=f"element type: {', '.join(DTYPES)} (default fp32)")
@@ -159,6 +162,7 @@ class BenchArgs:
     overwrite: bool
     fit: bool
     allow_one_rank: bool = False
+    extra_sizes: tuple[int, ...] = ()  # --sizes: measured besides the sweep
 
 
 def parse_args(argv: list[str], default_op: str) -> BenchArgs:
@@ -179,9 +183,12 @@ def parse_args(argv: list[str], default_op: str) -> BenchArgs:
         overwrite=ns.overwrite,
         fit=ns.fit,
         allow_one_rank=ns.allow_one_rank,
+        extra_sizes=tuple(parse_size(x) for x in ns.sizes.split(",") if x.strip()),
     )
     if args.min_bytes is not None and args.max_bytes is not None and args.min_bytes > args.max_bytes:
         raise ConfigError(f"min size {args.min_bytes} B is larger than max size {args.max_bytes} B (-b/--min-bytes <= -e/--max-bytes)")
+    if any(x < 1 for x in args.extra_sizes):
+        raise ConfigError("--sizes must be at least 1 byte each")
     if args.min_bytes is not None and args.min_bytes < 1:
         raise ConfigError("-b/--min-bytes must be at least 1")
     if args.step_factor < 2:
@@ -508,7 +515,8 @@ def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
     elt = torch.empty((), dtype=args.dtype).element_size()
     rows: list[dict] = []
     for op in args.ops:
-        sizes = sorted({aligned_size(op, s, ctx.world_size, elt) for s in sweep_sizes(lo, hi, args.step_factor)} - {0})
+        wanted = [*sweep_sizes(lo, hi, args.step_factor), *args.extra_sizes]
+        sizes = sorted({aligned_size(op, s, ctx.world_size, elt) for s in wanted} - {0})
         if not sizes:
             raise ConfigError(f"{op}: no size in [{lo}, {hi}] B holds one {dtype_name(args.dtype)} per rank; raise -e/--max-bytes")
         say(f"# {op}")
@@ -552,6 +560,7 @@ def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
             "min_bytes": lo,
             "max_bytes": hi,
             "step_factor": args.step_factor,
+            "extra_sizes": list(args.extra_sizes),
             "warmup": args.warmup,
             "iters": args.iters,
             "time_over_ranks": AVERAGE_MODES[args.average],

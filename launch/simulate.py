@@ -21,6 +21,9 @@
     python launch/simulate.py contention runs/solo-b4 runs/copy0 runs/copy1
     # a contention of K copies held in lock-step (a barrier per step, each its own replica; no gradient exchange)
     torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out k2.json --solo solo.json
+    python launch/simulate.py lockstep-factor k2.json solo_before.json solo_after.json   # over several solos
+    # the exact message sizes those timelines will ask of a comm table, to measure them: comm_bench --sizes
+    python launch/simulate.py sizes t_manual.json t_fsdp.json --world-sizes 2,4
     # 4. the error with its spread over repeated sittings (each repeat's own inputs and study)
     python launch/simulate.py repeats DIR/repeat1/validation/validation.json DIR/repeat2/... --out DIR
     # a MODELLED single-GPU timeline (FLOPs at an assumed MFU) when no GPU run exists
@@ -146,6 +149,29 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
     return rows, preds
 
 
+def _read_studies(paths: list[str]) -> dict:
+    """One study of the rows of several results.json (a study run in parts); the parts must share the
+    sequence length and not measure the same run twice."""
+    from gptdist.errors import ConfigError
+
+    rows, meta, seen = [], None, {}
+    for path in paths:
+        try:
+            part = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--study {path}: not a readable results.json ({e})") from None
+        meta = part.get("meta", {}) if meta is None else meta
+        if part.get("meta", {}).get("seq_len") != meta.get("seq_len"):
+            raise ConfigError(f"--study {path}: seq_len {part.get('meta', {}).get('seq_len')} differs from the first "
+                              f"study's {meta.get('seq_len')}")
+        for r in part["rows"]:
+            key = (r["mode"], r["backend"], r["layout"])
+            if seen.setdefault(key, path) != path:
+                raise ConfigError(f"--study: {'/'.join(key)} is measured in both {seen[key]} and {path}")
+            rows.append(r)
+    return {"meta": meta, "rows": rows}
+
+
 def _lockstep(args) -> None:
     """simulate.py lockstep: each torchrun process trains its own replica, a barrier before each step."""
     from gptdist.config import build_config
@@ -201,10 +227,19 @@ def main(argv: list[str]) -> None:
     ls.add_argument("--solo", help="the same probe's JSON at one copy (F or F,F,...: their mean, e.g. measured before "
                     "and after the K copies): print the contention factor against it")
     ls.add_argument("--out", required=True, help="JSON to write (rank 0)")
+    lf = sub.add_parser("lockstep-factor", formatter_class=HelpFormatter,
+                        help="the contention factor of a lockstep JSON of K copies over one or more of one copy "
+                             "(e.g. measured just before and just after the K copies)")
+    lf.add_argument("copies", help="the lockstep JSON of the K copies")
+    lf.add_argument("solo", nargs="+", help="lockstep JSONs of one copy at the same batch (their mean)")
     rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
                         help="the error per run with its spread over repeated validations (one validation.json each)")
     rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat")
     rp.add_argument("--out", required=True, help="folder for repeats.json, repeats.md and repeats_<mode>.png")
+    sz = sub.add_parser("sizes", formatter_class=HelpFormatter,
+                        help="the message sizes the simulator will ask of the comm tables (for comm_bench --sizes)")
+    sz.add_argument("timelines", nargs="+", help="timeline.json files (each replayed with its own backend)")
+    sz.add_argument("--world-sizes", default="2", help="comma-separated N (or cluster layouts: 2,2x1,2x2)")
     m = sub.add_parser("model", formatter_class=HelpFormatter, help="a MODELLED single-GPU timeline from FLOPs at an assumed MFU")
     m.add_argument("--preset", default="gpt2", help="model preset (gptdist.model.PRESETS)")
     m.add_argument("--vocab-size", type=int, default=50304, help="vocabulary size")
@@ -240,7 +275,9 @@ def main(argv: list[str]) -> None:
             q.add_argument("--world-sizes", default="1,2,4,8", help="comma-separated N to predict")
             q.add_argument("--title", default="", help="a note for the figures' titles")
         else:
-            q.add_argument("--study", required=True, help="a scaling study's results.json")
+            q.add_argument("--study", required=True, action="append",
+                           help="a scaling study's results.json; repeat it for a study run in parts (e.g. one per "
+                                "backend, each between its own inputs): their rows are taken together")
     args = p.parse_args(argv)
 
     if args.cmd == "extract":
@@ -256,6 +293,17 @@ def main(argv: list[str]) -> None:
     if args.cmd == "lockstep":
         _lockstep(args)
         return
+    if args.cmd == "lockstep-factor":
+        from gptdist.studies.simulator.lockstep import contention_factor
+
+        def read(path):
+            try:
+                return json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{path}: not a readable lockstep JSON ({e})") from None
+
+        print(f"{contention_factor(read(args.copies), [read(p) for p in args.solo]):.4f}")
+        return
     if args.cmd == "repeats":
         from gptdist.studies.plotting import plot_repeats
         from gptdist.studies.simulator.repeats import error_spread, markdown
@@ -267,6 +315,11 @@ def main(argv: list[str]) -> None:
         (out / "repeats.md").write_text(markdown(spread) + "\n")
         print(markdown(spread))
         plot_repeats(spread["rows"], out)
+        return
+    if args.cmd == "sizes":  # prints e.g. 3162112,51642368 for comm_bench --sizes
+        worlds = sorted({layout.world for layout in scaling.parse_world_sizes("1," + args.world_sizes)} - {1})
+        timelines = [simulator.load_timeline(path) for path in args.timelines]
+        print(",".join(map(str, simulator.collective_sizes(timelines, worlds))))
         return
     if args.cmd == "model":
         from gptdist.model import PRESETS
@@ -302,20 +355,20 @@ def main(argv: list[str]) -> None:
         return
 
     # validate: predicted vs measured, per (mode, backend, world) the study has
-    study = json.loads(Path(args.study).read_text())
+    study = _read_studies(args.study)
     lines, out_rows = [], []
     for mode in modes:
         for backend in backends:
             measured = [r for r in study["rows"] if r["mode"] == mode and r["backend"] == backend]
             if not measured:
-                raise ConfigError(f"{args.study} has no {mode}/{backend} rows")
+                raise ConfigError(f"{', '.join(args.study)} has no {mode}/{backend} rows")
             measured = sorted(measured, key=lambda r: r["world"])
             worlds = scaling.parse_world_sizes(",".join(r["layout"] for r in measured))
             timeline = _timeline_for(timelines, backend)
             # predict each run at its own per-rank batch (weak: b; strong: G/N), not the timeline's
             seq_len = study.get("meta", {}).get("seq_len")
             if not seq_len or any("batch_size" not in r for r in measured):
-                raise ConfigError(f"{args.study}: no meta.seq_len or per-row batch_size (not a launch/scaling.py results.json?)")
+                raise ConfigError(f"{', '.join(args.study)}: no meta.seq_len or per-row batch_size (not a launch/scaling.py results.json?)")
             tokens = [r["batch_size"] * seq_len for r in measured]
             rows, _ = _predict_rows(args, timeline, worlds, mode, backend, tokens)
             for m_row, p_row in zip(measured, rows):

@@ -89,9 +89,14 @@ def test_sweep_rows_obey_nccl_tests_arithmetic(sweeps, n):
 
 @pytest.mark.slow
 def test_single_op_script_with_other_dtype(tmp_path):
-    proc = torchrun(["comm_bench/reducescatter.py", "-b", "1K", "-e", "4K", "-w", "0", "-n", "1", "-d", "bf16", "--out", str(tmp_path)], nproc=2)
-    rows = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert [r["size_bytes"] for r in rows] == [1024, 2048, 4096]
+    # --sizes: exact sizes besides the sweep (a training step's buckets), each rounded down to whole bf16
+    # elements per rank: 3001 B -> 3000 (2 ranks x 2 B = 4 B units), 10000 stays, 2048 is already in the sweep
+    proc = torchrun(["comm_bench/reducescatter.py", "-b", "1K", "-e", "4K", "-w", "0", "-n", "1", "-d", "bf16",
+                     "--sizes", "3001,10000,2K", "--out", str(tmp_path)], nproc=2)
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = data["results"]
+    assert [r["size_bytes"] for r in rows] == [1024, 2048, 3000, 4096, 10000]
+    assert data["metadata"]["extra_sizes"] == [3001, 10000, 2048]
     assert all(r["op"] == "reduce_scatter" and r["dtype"] == "bf16" and r["wrong"] == 0 for r in rows)
     assert "reduce_scatter" in proc.stdout
 
@@ -139,6 +144,8 @@ def test_bad_arguments_exit_with_one_line_error(args, message):
         (["-b", "12X"], "bad size"),
         (["-f", "1"], "step-factor"),
         (["-a", "7"], "average"),
+        (["--sizes", "1K,0"], "--sizes must be at least 1 byte"),
+        (["--sizes", "1K,big"], "bad size"),
         (["--frobnicate"], "unrecognized arguments"),
     ],
 )

@@ -8,7 +8,7 @@ import pytest
 from gptdist.config import build_config
 from gptdist.dist import init_distributed
 from gptdist.errors import ConfigError
-from gptdist.studies.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table,
+from gptdist.studies.simulator import (PROFILES, BucketTiming, Timeline, comm_from_fit, comm_from_profile, comm_from_table, inter_tables,
                                contention_from_runs, cpu_contention, cpu_overlap, fsdp_units, load_timeline,
                                modelled_timeline, simulate, timeline_from_run, timeline_from_steps)
 from gptdist.trainer import train
@@ -506,6 +506,21 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     assert "| 4.0 / 6.0 |" in (out / "validation.md").read_text()
     assert all((out / f"validation_{mode}.png").stat().st_size > 1000 for mode in ("strong", "weak"))
 
+    # The same study run in parts (one results.json per backend, e.g. each between its own inputs): the same rows
+    for backend in ("manual", "ddp"):
+        part = {**study, "rows": [r for r in study["rows"] if r["backend"] == backend]}
+        (tmp_path / f"study_{backend}.json").write_text(json.dumps(part))
+    parts = ["--study", str(tmp_path / "study_manual.json"), "--study", str(tmp_path / "study_ddp.json")]
+    python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+            "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"), *parts,
+            "--out", str(tmp_path / "val_parts")])
+    in_parts = json.loads((tmp_path / "val_parts" / "validation.json").read_text())["rows"]
+    assert [(r["backend"], r["world"], r["predicted_ms"], r["error"]) for r in in_parts] == \
+        [(r["backend"], r["world"], r["predicted_ms"], r["error"]) for r in validation["rows"]]
+    twice = python(["launch/simulate.py", "validate", str(tmp_path / "manual.json"), "--fit", str(tmp_path / "fit.json"),
+                    "--study", str(tmp_path / "study.json"), "--study", str(tmp_path / "study_manual.json")], check=False)
+    assert twice.returncode == 2 and "strong/manual/1 is measured in both" in twice.stderr
+
     # With a second timeline measured at 2 sequences, the runs at that batch are replayed from it as they are
     # (the weak rows), the others from the affine compute(batch) through both (the strong N=1 row: the first).
     small = Timeline(pre_ms=4.0, backward_ms=9.0, post_ms={"optimizer": 5.0}, other_ms=0.5,
@@ -579,6 +594,37 @@ def test_comm_from_table_interpolates_the_measured_times(tmp_path):
     (tmp_path / "n2x1" / "results.json").write_text(json.dumps({"metadata": {}, "results": rows}))
     with pytest.raises(ConfigError, match="both measure all_gather at 2 ranks"):
         comm_from_table([tmp_path / "n2", tmp_path / "n2x1"])
+
+
+def test_comm_tables_of_one_layout_are_pooled_and_of_two_layouts_refused(tmp_path):
+    def table(name, nodes, times):  # all_gather at 2 ranks, 1000 and 2000 B
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"metadata": {"nodes": nodes, "local_world_size": 2 // nodes}, "results": [
+            {"op": "all_gather", "world_size": 2, "size_bytes": s, "time_us": t} for s, t in zip((1000, 2000), times)]}))
+        return path
+
+    before, after = table("before", 1, (10.0, 30.0)), table("after", 1, (20.0, 50.0))
+    pooled = comm_from_table([before, after])  # measured before and after a study: their mean at each size
+    assert pooled("all_gather", 1000, 2) == pytest.approx(15.0 / 1e3)
+    assert pooled("all_gather", 1500, 2) == pytest.approx(27.5 / 1e3)  # halfway between 15 and 40
+    with pytest.raises(ConfigError, match="different .* layouts"):
+        comm_from_table([before, table("inter", 2, (100.0, 200.0))])  # 2 ranks in one node vs across two
+    inter = inter_tables(f"2x1={table('inter', 2, (100.0, 200.0))},2x1={table('inter_after', 2, (300.0, 400.0))}")
+    assert inter["2x1"]("all_gather", 2000, 2) == pytest.approx(300.0 / 1e3)
+
+
+def test_cli_sizes_lists_what_the_schedule_will_ask_of_the_comm_tables(tmp_path):
+    from launchers import python
+
+    two_buckets().save(tmp_path / "manual.json")  # two 1000-byte buckets
+    fsdp = fsdp_timeline()
+    fsdp.backend = "fsdp"
+    fsdp.save(tmp_path / "fsdp.json")
+    proc = python(["launch/simulate.py", "sizes", str(tmp_path / "manual.json"), str(tmp_path / "fsdp.json"),
+                   "--world-sizes", "2,2x2"])
+    # the 8-byte loss all-reduce; the buckets; FSDP's units in fp32 (d = 8, V = 16, T = 4): the root
+    # (V·d + T·d + 2·d) · 4 = (128 + 32 + 16) · 4 = 704 B, a block (12·d² + 13·d) · 4 = (768 + 104) · 4 = 3488 B
+    assert proc.stdout.strip() == "8,704,1000,3488"
 
 
 def test_cli_predict_with_measured_comm_tables(tmp_path):

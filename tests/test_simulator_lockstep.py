@@ -63,3 +63,15 @@ def test_contention_is_over_the_mean_of_the_solo_measurements():
     assert contention_factor(pair, [before]) == pytest.approx(1.32)
     with pytest.raises(ConfigError, match="same batch"):
         contention_factor(pair, [{"copies": 1, "batch": 2, "median_step_ms": 100.0}])
+
+
+def test_lockstep_factor_cli_takes_the_copies_and_the_solos_files(tmp_path):
+    """`simulate.py lockstep-factor K.json BEFORE.json AFTER.json`: the same numbers as above from files (how
+    the repeat scripts get the factor once the solo after the copies has run); a bad file is one line, exit 2."""
+    for name, copies, ms in (("pair", 2, 132.0), ("before", 1, 100.0), ("after", 1, 140.0)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"copies": copies, "batch": 4, "median_step_ms": ms}))
+    proc = python(["launch/simulate.py", "lockstep-factor", *(str(tmp_path / f"{n}.json") for n in ("pair", "before", "after"))])
+    assert proc.stdout.strip() == "1.1000"
+    bad = python(["launch/simulate.py", "lockstep-factor", str(tmp_path / "pair.json"), str(tmp_path / "none.json")],
+                 check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "none.json" in bad.stderr

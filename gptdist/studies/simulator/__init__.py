@@ -84,5 +84,5 @@ from gptdist.studies.simulator.comm_model import (  # noqa: F401
 )
 from gptdist.studies.simulator.schedule import (  # noqa: F401
     SCHEDULE_OF, CommEvent, Prediction, simulate_allreduce, fsdp_units, simulate_fsdp, simulate, expected_max_excess,
-    arrival_wait_ms,
+    arrival_wait_ms, collective_sizes,
 )

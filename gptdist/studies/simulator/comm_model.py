@@ -41,26 +41,36 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
     largest size's time per byte where that slope is not positive: a later size measured faster is noise).
     Unlike an α–β fit, which one line through 1 KiB..64 MiB makes miss the large sizes by up to ~1.7× on
     gloo, it follows the measurement at every size; it knows only the world sizes that were measured, and
-    one table per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
-    given (on one host, as here, the same thing; across real nodes, measure that layout)."""
-    table: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    source: dict[tuple[str, int], Path] = {}
+    one layout per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
+    given (on one host, as here, the same thing; across real nodes, measure that layout).
+
+    Several tables of the same op, world size and layout (nodes and ranks per node, from their metadata), e.g.
+    one measured before and one after a study, are pooled: the mean of their times at each size (this machine's
+    speed drifts over minutes, like the timelines' inputs). Tables of different layouts, or without that
+    metadata, are refused: an intra-node and an inter-node table of 2 ranks must not be averaged."""
+    samples: dict[tuple[str, int], dict[float, list[float]]] = {}
+    source: dict[tuple[str, int], tuple[Path, object]] = {}
     for path in paths:
         path = Path(path)
         path = path / "results.json" if path.is_dir() else path
         try:
-            rows = json.loads(path.read_text())["results"]
+            data = json.loads(path.read_text())
+            rows = data["results"]
         except FileNotFoundError:
             raise ConfigError(f"comm table not found: {path} (a comm_bench results.json or its folder)") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a comm_bench results.json: {e}") from None
+        meta = data.get("metadata") or {}
+        layout = (meta["nodes"], meta["local_world_size"]) if "nodes" in meta and "local_world_size" in meta else None
         for r in rows:
             key = (r["op"], int(r["world_size"]))
-            if source.setdefault(key, path) != path:  # e.g. a 1-node and a 2-node table of the same world size
-                raise ConfigError(f"{source[key]} and {path} both measure {key[0]} at {key[1]} ranks; pass one of them")
-            table.setdefault(key, []).append((float(r["size_bytes"]), float(r["time_us"])))
-    for points in table.values():
-        points.sort()
+            first, first_layout = source.setdefault(key, (path, layout))
+            if first != path and (layout is None or layout != first_layout):  # e.g. a 1-node and a 2-node table
+                raise ConfigError(f"{first} and {path} both measure {key[0]} at {key[1]} ranks on different (or "
+                                  "unrecorded) layouts; pass one of them")
+            samples.setdefault(key, {}).setdefault(float(r["size_bytes"]), []).append(float(r["time_us"]))
+    table = {key: sorted((size, statistics.fmean(times)) for size, times in by_size.items())
+             for key, by_size in samples.items()}
 
     def time_ms(op: str, nbytes: float, n: int) -> float:
         if n <= 1:
@@ -240,11 +250,12 @@ def comm_for_layout(intra: CommFn, inter: dict[str, CommFn], layout) -> CommFn:
 
 
 def inter_tables(text: str) -> dict[str, CommFn]:
-    """"2x1=DIR,2x2=DIR" (comm_bench results measured across the nodes at that layout) -> layout -> CommFn."""
-    out = {}
+    """"2x1=DIR,2x2=DIR" (comm_bench results measured across the nodes at that layout) -> layout -> CommFn.
+    A layout named twice (2x1=BEFORE,2x1=AFTER) pools its tables (comm_from_table)."""
+    paths: dict[str, list[str]] = {}
     for item in filter(None, text.split(",")):
         name, sep, path = item.partition("=")
         if not sep or "x" not in name or not path:
             raise ConfigError(f"--inter-table takes LAYOUT=RESULTS,... (e.g. 2x1=DIR,2x2=DIR), not {item!r}")
-        out[name.strip()] = comm_from_table([path])
-    return out
+        paths.setdefault(name.strip(), []).append(path)
+    return {name: comm_from_table(layout_paths) for name, layout_paths in paths.items()}

@@ -7,6 +7,11 @@ two free copies 0.94–1.04×, two training ranks ~1.2× the job alone; docs/res
 Here each of the K processes trains its own replica (the `none` backend on a world of one: no gradient is
 exchanged, so this is not a multi-rank training run) and only a barrier joins them before each step.
 
+On the 2-core machine the probe proved noisier than the effect it measures: for 2 one-thread ranks it read
+0.94-1.15 across sittings while the real 2-rank runs computed at 0.97-1.07x their rehearsal alone, so the repeat
+scripts take the contention from the core count (max(1, N·threads/cores)) and keep this probe as a comparison
+(their validation_lockstep/).
+
     torchrun --nproc-per-node 1 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out solo.json
     torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out k2.json \
         --solo solo.json          # prints the contention factor (the K copies' median step over the job alone)

@@ -260,3 +260,20 @@ def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual"
     if SCHEDULE_OF.get(backend) == "fsdp":
         return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)
     raise ConfigError(f"the simulator models {', '.join(SCHEDULE_OF)}, not {backend!r}")
+
+
+def collective_sizes(timelines: list[Timeline], world_sizes: list[int]) -> list[int]:
+    """Every message size (bytes, comm_bench's convention) the schedule asks the comm model for when it
+    replays these timelines (each with its own backend) at these world sizes: what `comm_bench --sizes`
+    should measure so that a comm table is read at its measured points rather than interpolated between
+    sizes a factor 2 apart (gloo's all-gather time is far from linear between 32 and 64 MiB)."""
+    asked: set[int] = set()
+
+    def record(op: str, nbytes: float, n: int) -> float:
+        asked.add(int(nbytes))
+        return 0.0
+
+    for t in timelines:
+        for n in world_sizes:
+            simulate(t, record, n, t.backend or "manual")
+    return sorted(asked)
