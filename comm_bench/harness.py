@@ -128,7 +128,7 @@ def build_parser(default_op: str) -> argparse.ArgumentParser:
     p.add_argument("-f", "--step-factor", type=int, default=2, help="multiply the size by this each step (default 2)")
     p.add_argument("--sizes", default="",
                    help="also these exact sizes, comma-separated (e.g. a training step's buckets: launch/simulate.py "
-                        "sizes RUN); each is rounded down to whole elements per rank, as the sweep's are")
+                        "sizes TIMELINE...); each is rounded down to whole elements per rank, as the sweep's are")
     p.add_argument("-w", "--warmup", type=int, default=5, help="untimed calls per size (default 5)")
     p.add_argument("-n", "--iters", type=int, default=20, help="timed calls per size (default 20)")
     p.add_argument("-d", "--dtype", default="fp32", help=f"element type: {', '.join(DTYPES)} (default fp32)")
