@@ -37,7 +37,7 @@ def fsdp_split(rank_dir: Path, rows: list[dict]) -> dict[str, float]:
 for root in map(Path, sys.argv[1:]):
     skip = SKIP.get(root.name, 4)
     print(f"# {root} (first {skip} steps left out; medians over the kept steps)")
-    for steps in sorted(root.glob("repeat*/*/*/ranks/rank*/steps.jsonl")):
+    for steps in sorted(root.glob("*/*/*/ranks/rank*/steps.jsonl")):
         rows = [json.loads(line) for line in steps.read_text().splitlines()][skip:]
         cells = []
         for k in KEYS:
