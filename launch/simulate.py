@@ -179,6 +179,8 @@ def _lockstep(args) -> None:
     from gptdist.errors import ConfigError
     from gptdist.studies.simulator import lockstep
 
+    if args.free and args.align_phases:
+        raise ConfigError("--free and --align-phases contradict each other: free copies have no barrier")
     if not launched_by_torchrun():
         raise ConfigError("lockstep runs under torchrun, one process per copy: "
                           "torchrun --nproc-per-node K launch/simulate.py lockstep ...")
@@ -188,7 +190,8 @@ def _lockstep(args) -> None:
     # read before any work: a bad path fails fast
     solos = [json.loads(Path(f).read_text()) for f in args.solo.split(",")] if args.solo else None
     with distributed("cpu", need_group=True) as ctx:
-        result = lockstep.measure(cfg, ctx, args.batch, args.steps, args.skip, not args.free, Path(args.out))
+        result = lockstep.measure(cfg, ctx, args.batch, args.steps, args.skip, not args.free, Path(args.out),
+                                  align_phases=args.align_phases)
     if result is not None:
         print(json.dumps({k: v for k, v in result.items() if k != "step_times_per_copy"}))
         if solos is not None:
@@ -224,6 +227,9 @@ def main(argv: list[str]) -> None:
     ls.add_argument("--steps", type=int, default=14, help="steps per copy")
     ls.add_argument("--skip", type=int, default=4, help="warm-up steps left out of the medians")
     ls.add_argument("--free", action="store_true", help="no barrier: the copies run free, as `contention` measures")
+    ls.add_argument("--align-phases", action="store_true",
+                    help="also a barrier before clip + optimizer, where a data-parallel job's all-reduce aligns its "
+                         "ranks (the step is timed without that wait; per-phase medians in the JSON)")
     ls.add_argument("--solo", help="the same probe's JSON at one copy (F or F,F,...: their mean, e.g. measured before "
                     "and after the K copies): print the contention factor against it")
     ls.add_argument("--out", required=True, help="JSON to write (rank 0)")

@@ -35,12 +35,34 @@ def test_copies_in_lockstep_start_each_step_after_every_copy_ended_the_last(tmp_
     times = pair["step_times_per_copy"]
     assert pair["copies"] == 2 and [len(t) for t in times] == [6, 6]
     for s in range(1, 6):
-        last_end = max(times[c][s - 1][1] for c in range(2))
+        last_end = max(times[c][s - 1][-1] for c in range(2))  # rows: start, backward end, update start, end
         assert all(times[c][s][0] >= last_end for c in range(2)), (s, times)
     # the factor it prints is the pair's mean median step over the solo one
     factor = float(stdout.strip().splitlines()[-1])
     assert factor == pytest.approx(pair["median_step_ms"] / solo["median_step_ms"], rel=1e-3)
     assert pair["median_step_ms"] == pytest.approx(sum(pair["median_step_ms_per_copy"]) / 2)
+
+
+def test_aligned_phases_start_clip_and_optimizer_together_and_leave_the_wait_out(tmp_path):
+    """--align-phases: no copy starts clip + optimizer of step s before every copy has ended its forward-backward
+    of step s (where a data-parallel job's all-reduce aligns its ranks), and the step it reports is the two
+    phases' time without the wait between them."""
+    pair, _ = probe(tmp_path, 2, "aligned", "--align-phases")
+    times = pair["step_times_per_copy"]
+    assert pair["align_phases"] and [len(t) for t in times] == [6, 6]
+    for s in range(6):
+        backward_done = max(times[c][s][1] for c in range(2))
+        assert all(times[c][s][2] >= backward_done for c in range(2)), (s, times)
+    for c in range(2):
+        kept = times[c][1:]  # --skip 1
+        work = sorted((t[1] - t[0] + t[3] - t[2]) * 1e3 for t in kept)
+        assert pair["median_step_ms_per_copy"][c] == pytest.approx(work[len(work) // 2])  # 5 kept: the middle one
+        phases = pair["median_phase_ms_per_copy"][c]
+        assert phases["forward_backward"] == pytest.approx(sorted((t[1] - t[0]) * 1e3 for t in kept)[2])
+        assert phases["clip_optimizer"] == pytest.approx(sorted((t[3] - t[2]) * 1e3 for t in kept)[2])
+    bad = python(["launch/simulate.py", "lockstep", "--config", "x.yaml", "--batch", "2", "--free", "--align-phases",
+                  "--out", str(tmp_path / "o.json")], check=False)
+    assert bad.returncode == 2 and "contradict" in bad.stderr
 
 
 def test_lockstep_outside_torchrun_is_one_line_and_exit_2(tmp_path):

@@ -33,19 +33,23 @@ from gptdist.dist import DistContext, barrier
 from gptdist.errors import ConfigError
 
 
-def measure(cfg, ctx: DistContext, batch: int, steps: int, skip: int, lockstep: bool, out: Path) -> Optional[dict]:
+def measure(cfg, ctx: DistContext, batch: int, steps: int, skip: int, lockstep: bool, out: Path,
+            align_phases: bool = False) -> Optional[dict]:
     """Every copy (process of ctx's group) runs `probe`; rank 0 gathers their step times, writes `out` and
     returns the result (the other ranks: None)."""
-    times = probe(cfg, ctx, batch, steps, lockstep)
+    times = probe(cfg, ctx, batch, steps, lockstep, align_phases)
     every: list = [None] * ctx.world_size
     dist.all_gather_object(every, times)
-    return write_result(out, batch, lockstep, every, skip) if ctx.is_main else None
+    return write_result(out, batch, lockstep, every, skip, align_phases) if ctx.is_main else None
 
 
-def probe(cfg, ctx: DistContext, batch: int, steps: int, lockstep: bool = True) -> list[tuple[float, float]]:
-    """This process's (start, end) seconds of each step of its own replica; with `lockstep`, after a barrier
-    with the other copies in ctx's group. time.perf_counter is CLOCK_MONOTONIC on Linux, one clock for every
-    process of the machine, so the copies' times compare."""
+def probe(cfg, ctx: DistContext, batch: int, steps: int, lockstep: bool = True,
+          align_phases: bool = False) -> list[tuple[float, float, float, float]]:
+    """This process's (start, forward-backward end, update start, end) seconds of each step of its own replica;
+    with `lockstep`, after a barrier with the other copies in ctx's group; with `align_phases` also a barrier
+    before clip + optimizer, as a data-parallel job's gradient all-reduce aligns its ranks there (so the copies'
+    memory-bound phases run at the same moments, as the ranks' do). time.perf_counter is CLOCK_MONOTONIC on
+    Linux, one clock for every process of the machine, so the copies' times compare."""
     from gptdist.config import resolve_model
     from gptdist.model import GPT
     from gptdist.train_step import TrainStep
@@ -63,21 +67,40 @@ def probe(cfg, ctx: DistContext, batch: int, steps: int, lockstep: bool = True) 
             barrier(ctx)
         start = time.perf_counter()
         step.forward_backward(lambda: (x, y))
+        backward_end = time.perf_counter()
+        if align_phases:
+            barrier(ctx)
+        update_start = time.perf_counter()
         step.sync_and_clip()
         step.update(cfg.train.lr)
-        times.append((start, time.perf_counter()))
+        times.append((start, backward_end, update_start, time.perf_counter()))
     return times
 
 
-def median_step_ms(times: list[tuple[float, float]], skip: int) -> float:
-    kept = times[skip:] if len(times) > skip else times
-    return statistics.median((end - start) * 1e3 for start, end in kept)
+def _kept(times: list, skip: int) -> list:
+    return times[skip:] if len(times) > skip else times
 
 
-def write_result(out: Path, batch: int, lockstep: bool, times_per_copy: list[list[tuple[float, float]]], skip: int) -> dict:
+def median_step_ms(times: list[tuple[float, ...]], skip: int) -> float:
+    """The median step less any wait at the phase barrier: (forward-backward) + (clip + optimizer). Rows of
+    (start, end) only (older files) are whole steps."""
+    def work(t):
+        return (t[1] - t[0]) + (t[3] - t[2]) if len(t) == 4 else t[-1] - t[0]
+    return statistics.median(work(t) * 1e3 for t in _kept(times, skip))
+
+
+def median_phase_ms(times: list[tuple[float, float, float, float]], skip: int) -> dict:
+    kept = _kept(times, skip)
+    return {"forward_backward": statistics.median((t[1] - t[0]) * 1e3 for t in kept),
+            "clip_optimizer": statistics.median((t[3] - t[2]) * 1e3 for t in kept)}
+
+
+def write_result(out: Path, batch: int, lockstep: bool, times_per_copy: list[list[tuple[float, ...]]], skip: int,
+                 align_phases: bool = False) -> dict:
     per_copy = [median_step_ms(times, skip) for times in times_per_copy]
-    result = {"copies": len(per_copy), "batch": batch, "lockstep": lockstep, "skip": skip,
-              "median_step_ms_per_copy": per_copy, "median_step_ms": statistics.fmean(per_copy),
+    result = {"copies": len(per_copy), "batch": batch, "lockstep": lockstep, "align_phases": align_phases,
+              "skip": skip, "median_step_ms_per_copy": per_copy, "median_step_ms": statistics.fmean(per_copy),
+              "median_phase_ms_per_copy": [median_phase_ms(times, skip) for times in times_per_copy],
               "step_times_per_copy": times_per_copy}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
