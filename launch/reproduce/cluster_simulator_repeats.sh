@@ -44,8 +44,8 @@ if [[ -z $VALIDATE_ONLY ]]; then
   stamp "cluster up ($RATE)"
   message_sizes "$RUNS/sizes" 2,4 > "$OUT/sizes.txt"
   stamp "sizes $(cat "$OUT/sizes.txt")"
+  CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter --sizes $(cat "$OUT/sizes.txt") --overwrite"
 fi
-CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter --sizes $(cat "$OUT/sizes.txt") --overwrite"
 validations=(); lockstep=(); no_rehearsal=()
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables
