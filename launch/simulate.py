@@ -31,6 +31,7 @@
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,17 +51,23 @@ def _comm(args):
     return simulator.comm_from_fit(args.fit) if args.fit else simulator.comm_from_profile(args.profile)
 
 
-def _measured_contention(args) -> dict[int, float]:
-    """--contention 2=1.1,4=2.3: measured per world size (simulator.contention_from_runs), else the formula."""
+def _measured_contention(args) -> dict[int, tuple[float, float]]:
+    """--contention 2=1.1,4=2.3: measured per world size (simulator.contention_from_runs, lockstep-factor), else
+    the formula; 2=1.07:1.30 gives the forward-backward and the clip + optimizer their own factors (an
+    interleaved probe's `lockstep-factor --phases`). -> {N: (forward-backward factor, update factor)}"""
     from gptdist.errors import ConfigError
 
     out = {}
     for item in filter(None, (args.contention or "").split(",")):
         try:
             n, f = item.split("=")
-            out[int(n)] = float(f)
+            factors = [float(x) for x in f.split(":")]
+            if len(factors) not in (1, 2) or min(factors) <= 0:
+                raise ValueError
+            out[int(n)] = (factors[0], factors[-1])
         except ValueError:
-            raise ConfigError(f"--contention takes N=FACTOR,... (e.g. 2=1.1,4=2.3), not {item!r}") from None
+            raise ConfigError(f"--contention takes N=FACTOR or N=FORWARD_BACKWARD:UPDATE,... (e.g. 2=1.1,4=2.3 or "
+                              f"2=1.07:1.3), each factor > 0, not {item!r}") from None
     return out
 
 
@@ -123,12 +130,13 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         elif len(measured) > 1:
             replayed, share = simulator.timeline_for_tokens(measured, timeline.tokens_per_step * share, n)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
-        contention = _measured_contention(args).get(n, contention)
+        contention, update_contention = _measured_contention(args).get(n, (contention, contention))
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
         cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         layout_comm = simulator.comm_for_layout(comm, inter, layout) if inter else comm
         p = simulator.simulate(replayed, layout_comm, n, backend, share, contention, overlap=not args.no_overlap,
-                               prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap)
+                               prefetch=not args.no_prefetch, cpu_overlap=cpu_overlap,
+                               update_contention=update_contention)
         base = p if n == 1 else base
         preds.append(p)
         parts = {"compute": p.compute_ms, "exposed": p.exposed_ms, "wait": p.wait_ms, "data": p.data_ms, "other": p.other_ms}
@@ -144,7 +152,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
                      "gap_ms": p.step_ms - e["ideal_ms"], "gap": scaling.attribute_gap(mode, base_parts, parts, n),
                      "parts": parts, "comm_ms": p.comm_ms, "overlap": p.overlap,
                      "tokens_per_s": tokens / (p.step_ms / 1e3) if tokens else 0.0, "mem_peak_mb": 0.0,
-                     "batch_size": 0, "contention": contention,
+                     "batch_size": 0, "contention": contention, "update_contention": update_contention,
                      "cpu_overlap": cpu_overlap, "timeline": replayed.source})
     return rows, preds
 
@@ -179,11 +187,17 @@ def _lockstep(args) -> None:
     from gptdist.errors import ConfigError
     from gptdist.studies.simulator import lockstep
 
-    if args.free and args.align_phases:
-        raise ConfigError("--free and --align-phases contradict each other: free copies have no barrier")
+    if args.free and (args.align_phases or args.interleave):
+        raise ConfigError(f"--free and {'--interleave' if args.interleave else '--align-phases'} contradict each "
+                          "other: free copies have no barrier")
     if not launched_by_torchrun():
         raise ConfigError("lockstep runs under torchrun, one process per copy: "
                           "torchrun --nproc-per-node K launch/simulate.py lockstep ...")
+    if args.interleave and int(os.environ["WORLD_SIZE"]) < 2:
+        raise ConfigError("--interleave needs at least 2 copies (torchrun --nproc-per-node K, K >= 2)")
+    if args.interleave and args.steps - args.skip < 2 * int(os.environ["WORLD_SIZE"]):
+        raise ConfigError(f"--interleave with {os.environ['WORLD_SIZE']} copies needs --steps >= --skip + "
+                          f"{2 * int(os.environ['WORLD_SIZE'])} (every copy one step alone after the warm-up)")
     if args.batch < 1 or args.steps <= args.skip:
         raise ConfigError(f"--batch must be >= 1 and --steps > --skip, got {args.batch}, {args.steps}, {args.skip}")
     cfg = build_config(args.config, {"backend": "none", "train.device": "cpu"})
@@ -191,11 +205,11 @@ def _lockstep(args) -> None:
     solos = [json.loads(Path(f).read_text()) for f in args.solo.split(",")] if args.solo else None
     with distributed("cpu", need_group=True) as ctx:
         result = lockstep.measure(cfg, ctx, args.batch, args.steps, args.skip, not args.free, Path(args.out),
-                                  align_phases=args.align_phases)
+                                  align_phases=args.align_phases or args.interleave, interleave=args.interleave)
     if result is not None:
         print(json.dumps({k: v for k, v in result.items() if k != "step_times_per_copy"}))
-        if solos is not None:
-            print(f"{lockstep.contention_factor(result, solos):.4f}")
+        if solos is not None or args.interleave:
+            print(f"{lockstep.contention_factor(result, solos or []):.4f}")
 
 
 def _ms_or_dash(x) -> str:
@@ -230,6 +244,10 @@ def main(argv: list[str]) -> None:
     ls.add_argument("--align-phases", action="store_true",
                     help="also a barrier before clip + optimizer, where a data-parallel job's all-reduce aligns its "
                          "ranks (the step is timed without that wait; per-phase medians in the JSON)")
+    ls.add_argument("--interleave", action="store_true",
+                    help="every other step one copy runs alone (the copies take turns) while the others wait: the "
+                         "factor against steps alone a second apart, no separate solo run (implies --align-phases; "
+                         "per-phase factors: lockstep-factor --phases)")
     ls.add_argument("--solo", help="the same probe's JSON at one copy (F or F,F,...: their mean, e.g. measured before "
                     "and after the K copies): print the contention factor against it")
     ls.add_argument("--out", required=True, help="JSON to write (rank 0)")
@@ -237,7 +255,11 @@ def main(argv: list[str]) -> None:
                         help="the contention factor of a lockstep JSON of K copies over one or more of one copy "
                              "(e.g. measured just before and just after the K copies)")
     lf.add_argument("copies", help="the lockstep JSON of the K copies")
-    lf.add_argument("solo", nargs="+", help="lockstep JSONs of one copy at the same batch (their mean)")
+    lf.add_argument("solo", nargs="*", help="lockstep JSONs of one copy at the same batch (their mean); none for "
+                    "an interleaved probe")
+    lf.add_argument("--phases", action="store_true",
+                    help="interleaved probes (several: their mean): print FORWARD_BACKWARD:CLIP_OPTIMIZER factors, "
+                         "the form --contention N=F1:F2 takes")
     rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
                         help="the error per run with its spread over repeated validations (one validation.json each)")
     rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat")
@@ -269,7 +291,8 @@ def main(argv: list[str]) -> None:
         q.add_argument("--modes", default="strong", help="strong, weak, or both")
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
         q.add_argument("--threads-per-rank", type=int, default=1, help="threads per rank (CPU contention model)")
-        q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C)")
+        q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C); "
+                       "N=F1:F2 slows the forward-backward by F1 and clip + optimizer by F2 (lockstep-factor --phases)")
         q.add_argument("--small-timeline", action="append", help="another 1-rank timeline at a smaller batch, or a "
                        "rehearsal's (PATH or BACKEND=PATH,...; repeat it for more): a layout of N ranks replays the "
                        "rehearsal of N ranks at its batch where given, else the 1-rank one at its batch, else the "
@@ -300,7 +323,7 @@ def main(argv: list[str]) -> None:
         _lockstep(args)
         return
     if args.cmd == "lockstep-factor":
-        from gptdist.studies.simulator.lockstep import contention_factor
+        from gptdist.studies.simulator.lockstep import contention_factor, pooled_phase_factors
 
         def read(path):
             try:
@@ -308,7 +331,11 @@ def main(argv: list[str]) -> None:
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(f"{path}: not a readable lockstep JSON ({e})") from None
 
-        print(f"{contention_factor(read(args.copies), [read(p) for p in args.solo]):.4f}")
+        if args.phases:  # several interleaved probes: copies and solo are all probes to pool
+            f = pooled_phase_factors([read(p) for p in [args.copies, *args.solo]])
+            print(f"{f['forward_backward']:.4f}:{f['clip_optimizer']:.4f}")
+        else:
+            print(f"{contention_factor(read(args.copies), [read(p) for p in args.solo]):.4f}")
         return
     if args.cmd == "repeats":
         from gptdist.studies.plotting import plot_repeats
@@ -386,7 +413,7 @@ def main(argv: list[str]) -> None:
                                  "predicted_compute_ms": p_row["parts"]["compute"],
                                  "measured_exposed_ms": m_row["parts"]["exposed"] + m_row["parts"]["wait"],
                                  "predicted_exposed_ms": p_row["parts"]["exposed"] + p_row["parts"]["wait"],
-                                 "contention": p_row["contention"],
+                                 "contention": p_row["contention"], "update_contention": p_row["update_contention"],
                                  "cpu_overlap": p_row["cpu_overlap"], "timeline": p_row["timeline"],
                                  "measured_slowest_rank_ms": m_row.get("slowest_step_ms"),
                                  "error_vs_slowest_rank": (p_row["step_ms"] / m_row["slowest_step_ms"] - 1

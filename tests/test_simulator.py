@@ -73,6 +73,20 @@ def test_compute_scale_and_contention():
     assert cpu_contention(4, 1, 2) == 2.0 and cpu_contention(2, 1, 2) == 1.0 and cpu_contention(1, 2, 2) == 1.0
 
 
+def test_update_contention_slows_only_the_work_after_backward():
+    """Per-phase contention (an interleaved probe's forward-backward and clip + optimizer factors): forward 10 and
+    backward 20 ms x 1.1, the optimizer's 5 ms x 1.6, other 1 ms as measured; free comm. FSDP: forward 30 and
+    backward 60 x 1.1, its optimizer 8 ms on a quarter shard x 1.6."""
+    free = linear_comm(0.0, 0.0)
+    p = simulate(two_buckets(), free, 2, "manual", contention=1.1, update_contention=1.6)
+    assert p.step_ms == pytest.approx(30 * 1.1 + 5 * 1.6 + 1)
+    assert p.compute_ms == pytest.approx(30 * 1.1 + 5 * 1.6)
+    same = simulate(two_buckets(), free, 2, "manual", contention=1.1)  # default: the one factor for both
+    assert same.step_ms == pytest.approx(35 * 1.1 + 1)
+    f = simulate(fsdp_timeline(), free, 4, "fsdp", contention=1.1, update_contention=1.6)
+    assert f.step_ms == pytest.approx(90 * 1.1 + 8 / 4 * 1.6)
+
+
 
 def test_cpu_overlap_is_spare_cores_per_rank():
     assert cpu_overlap(1, 1, 2) == 1.0  # one rank, a spare core for gloo

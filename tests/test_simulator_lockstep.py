@@ -97,3 +97,68 @@ def test_lockstep_factor_cli_takes_the_copies_and_the_solos_files(tmp_path):
     bad = python(["launch/simulate.py", "lockstep-factor", str(tmp_path / "pair.json"), str(tmp_path / "none.json")],
                  check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "none.json" in bad.stderr
+
+
+def test_interleaved_probe_runs_every_other_step_one_copy_alone_and_reads_the_factors_from_them(tmp_path):
+    """--interleave: even steps both copies run; odd steps one copy alone, taking turns (step 1 copy 0, step 3
+    copy 1, ...), the other sitting the step out (None). A step alone starts after every copy ended the step
+    before (the barrier), and the printed factor is each copy's median together over its median alone, averaged
+    over the copies, recomputed here from the raw rows; `lockstep-factor --phases` the same per phase."""
+    import statistics
+
+    pair, stdout = probe(tmp_path, 2, "interleaved", "--interleave", "--steps", "10", "--skip", "2")
+    times = pair["step_times_per_copy"]
+    assert pair["interleave"] and pair["align_phases"]
+    for s in range(10):
+        ran = [c for c in range(2) if times[c][s] is not None]
+        if s % 2 == 0:
+            assert ran == [0, 1] and all(times[c][s][4] == 0 for c in ran)
+        else:
+            assert ran == [(s // 2) % 2] and times[ran[0]][s][4] == 1
+            ended = max(times[c][r][3] for c in range(2) for r in range(s) if times[c][r] is not None)
+            assert times[ran[0]][s][0] >= ended
+
+    def median_ms(c, alone, phase=None):
+        rows = [t for t in times[c][2:] if t is not None and t[4] == alone]
+        part = {None: lambda t: t[1] - t[0] + t[3] - t[2], "fb": lambda t: t[1] - t[0], "up": lambda t: t[3] - t[2]}
+        return statistics.median(part[phase](t) for t in rows)
+
+    step = statistics.fmean(median_ms(c, 0) / median_ms(c, 1) for c in range(2))
+    assert float(stdout.strip().splitlines()[-1]) == pytest.approx(step, abs=1e-4)
+    fb, up = (statistics.fmean(median_ms(c, 0, ph) / median_ms(c, 1, ph) for c in range(2)) for ph in ("fb", "up"))
+    out = python(["launch/simulate.py", "lockstep-factor", "--phases", str(tmp_path / "interleaved.json")]).stdout
+    assert [float(x) for x in out.strip().split(":")] == pytest.approx([fb, up], abs=1e-4)
+
+
+def test_phase_factors_pool_probes_by_their_mean(tmp_path):
+    """Two interleaved probes (e.g. before and after a backend's part of a study), hand-made: probe A's copies
+    120/100 and 90/100 forward-backward (mean 1.05), 39/30 and 36/30 clip + optimizer (1.25); probe B 1.15 and
+    1.35: pooled 1.10:1.30. A probe that is not interleaved is refused (one line, exit 2)."""
+    def probe_json(fb, up):
+        return {"copies": 2, "batch": 2, "interleave": True, "align_phases": True,
+                "median_step_ms_per_copy": [fb[0] + up[0], fb[1] + up[1]], "alone_step_ms_per_copy": [130.0, 130.0],
+                "median_phase_ms_per_copy": [{"forward_backward": fb[c], "clip_optimizer": up[c]} for c in range(2)],
+                "alone_phase_ms_per_copy": [{"forward_backward": 100.0, "clip_optimizer": 30.0}] * 2}
+    (tmp_path / "a.json").write_text(json.dumps(probe_json((120.0, 90.0), (39.0, 36.0))))
+    (tmp_path / "b.json").write_text(json.dumps(probe_json((115.0, 115.0), (40.5, 40.5))))
+    out = python(["launch/simulate.py", "lockstep-factor", "--phases", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert out.stdout.strip() == "1.1000:1.3000"
+    (tmp_path / "plain.json").write_text(json.dumps({"copies": 2, "batch": 2, "median_step_ms": 100.0}))
+    bad = python(["launch/simulate.py", "lockstep-factor", "--phases", str(tmp_path / "plain.json")], check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "error: per-phase factors need a probe run with --interleave (which aligns the phases)")
+
+
+def test_interleave_refusals_are_one_line_and_exit_2(tmp_path):
+    """--interleave with --free, with one copy, or with too few steps for every copy to run one alone."""
+    free = python(["launch/simulate.py", "lockstep", "--config", "x.yaml", "--batch", "2", "--free", "--interleave",
+                   "--out", str(tmp_path / "o.json")], check=False)
+    assert free.returncode == 2 and "--free and --interleave contradict" in free.stderr
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(CONFIG)
+    for nproc, steps, why in ((1, "10", "at least 2 copies"), (2, "5", "needs --steps >= --skip + 4")):
+        proc = torchrun(["launch/simulate.py", "lockstep", "--config", str(cfg), "--batch", "2", "--steps", steps,
+                         "--skip", "2", "--interleave", "--out", str(tmp_path / "o.json")], nproc=nproc, timeout=120,
+                        check=False)
+        assert proc.returncode != 0 and why in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.json").exists()

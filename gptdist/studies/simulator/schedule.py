@@ -126,12 +126,16 @@ def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, f
 
 
 def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
-                       overlap: bool = True, backend: str = "manual", cpu_overlap: float = 1.0) -> Prediction:
+                       overlap: bool = True, backend: str = "manual", cpu_overlap: float = 1.0,
+                       update_contention: Optional[float] = None) -> Prediction:
     """manual / ddp: bucketed all-reduce, launched in index order, overlapped with backward (at
-    `cpu_overlap` of full compute speed while a collective runs: 1 on GPUs, see `cpu_overlap()` on CPUs)."""
+    `cpu_overlap` of full compute speed while a collective runs: 1 on GPUs, see `cpu_overlap()` on CPUs).
+    `contention` slows the forward-backward, `update_contention` (default: the same) the work after it (clip,
+    optimizer): ranks sharing a CPU run that memory-bound phase at the same moments and lose more there."""
+    up = contention if update_contention is None else update_contention
     c = compute_scale * contention
     pre, bwd, data = t.pre_ms * c, t.backward_ms * c, t.data_ms * c
-    post = sum(t.post_ms.values()) * contention
+    post = sum(t.post_ms.values()) * up
     requests, launch = [], 0.0
     for b in sorted(t.buckets, key=lambda b: b.index):
         ready = b.ready_ms * c if overlap else bwd
@@ -151,8 +155,8 @@ def simulate_allreduce(t: Timeline, comm: CommFn, n: int, compute_scale: float =
     # exposed: the time compute is not running at full speed because of communication
     exposed = (sync_end - (pre + bwd)) + loss
     return Prediction(backend, n, step, pre - data + bwd + post, comm_total, exposed, data, t.other_ms, events,
-                      {"compute_scale": compute_scale, "contention": contention, "overlap": overlap,
-                       "cpu_overlap": cpu_overlap}, wait)
+                      {"compute_scale": compute_scale, "contention": contention, "update_contention": up,
+                       "overlap": overlap, "cpu_overlap": cpu_overlap}, wait)
 
 
 def fsdp_units(model: dict, param_bytes_per_element: int = 4) -> list[tuple[str, float, float]]:
@@ -172,8 +176,10 @@ def fsdp_units(model: dict, param_bytes_per_element: int = 4) -> list[tuple[str,
 
 def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0, contention: float = 1.0,
                   prefetch: bool = True, reshard_after_forward: bool = True, gather_bytes_per_element: int = 4,
-                  reduce_bytes_per_element: int = 4) -> Prediction:
-    """FSDP2 (ZeRO-3): per-unit all-gather before forward and backward, reduce-scatter after backward."""
+                  reduce_bytes_per_element: int = 4, update_contention: Optional[float] = None) -> Prediction:
+    """FSDP2 (ZeRO-3): per-unit all-gather before forward and backward, reduce-scatter after backward.
+    `contention` / `update_contention`: as simulate_allreduce."""
+    up = contention if update_contention is None else update_contention
     if not t.model:
         raise ConfigError("the timeline has no model shape (fsdp needs it to split compute per unit)")
     c = compute_scale * contention
@@ -186,7 +192,7 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
     fwd, bwd = fwd * c, bwd * c
     # The optimizer, clip and zero_grad work on this rank's 1/N shard: a rehearsal measured them on its own
     # 1/world_size shard (fixed per-tensor costs and all); a 1-rank timeline's are divided by N.
-    post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * contention * t.world_size / n
+    post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * up * t.world_size / n
     free_at, clock, events = 0.0, data, []
 
     def collective(op: str, label: str, nbytes: float, launch: float) -> float:
@@ -242,7 +248,8 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
     comm_total = sum(e.end_ms - e.start_ms for e in events) + norm + loss
     exposed = max(0.0, step - wait - compute - data - t.other_ms)  # the wait is its own part
     return Prediction("fsdp", n, step, compute, comm_total, exposed, data, t.other_ms, events,
-                      {"compute_scale": compute_scale, "contention": contention, "prefetch": prefetch,
+                      {"compute_scale": compute_scale, "contention": contention, "update_contention": up,
+                       "prefetch": prefetch,
                        "reshard_after_forward": reshard_after_forward}, wait)
 
 
@@ -251,14 +258,17 @@ SCHEDULE_OF = {"manual": "allreduce", "ddp": "allreduce", "fsdp": "fsdp"}
 
 
 def simulate(t: Timeline, comm: CommFn, world_size: int, backend: str = "manual", compute_scale: float = 1.0,
-             contention: float = 1.0, overlap: bool = True, prefetch: bool = True, cpu_overlap: float = 1.0) -> Prediction:
+             contention: float = 1.0, overlap: bool = True, prefetch: bool = True, cpu_overlap: float = 1.0,
+             update_contention: Optional[float] = None) -> Prediction:
     if SCHEDULE_OF.get(backend) == "allreduce":
         if not t.buckets:
             raise ConfigError(f"{t.source or 'the timeline'} has no gradient buckets (an fsdp run?): "
                               f"{backend} needs a timeline from a manual or ddp run")
-        return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend, cpu_overlap)
+        return simulate_allreduce(t, comm, world_size, compute_scale, contention, overlap, backend, cpu_overlap,
+                                  update_contention)
     if SCHEDULE_OF.get(backend) == "fsdp":
-        return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch)
+        return simulate_fsdp(t, comm, world_size, compute_scale, contention, prefetch,
+                             update_contention=update_contention)
     raise ConfigError(f"the simulator models {', '.join(SCHEDULE_OF)}, not {backend!r}")
 
 
