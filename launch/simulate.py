@@ -51,24 +51,26 @@ def _comm(args):
     return simulator.comm_from_fit(args.fit) if args.fit else simulator.comm_from_profile(args.profile)
 
 
-def _measured_contention(args) -> dict[int, tuple[float, float]]:
+def _measured_contention(args, backend: str) -> dict[int, tuple[float, float]]:
     """--contention 2=1.1,4=2.3: measured per world size (simulator.contention_from_runs, lockstep-factor), else
     the formula; 2=1.07:1.30 gives the forward-backward and the clip + optimizer their own factors (an
-    interleaved probe's `lockstep-factor --phases`). -> {N: (forward-backward factor, update factor)}"""
+    interleaved probe's `lockstep-factor --phases`); fsdp@2=... holds for that backend only (a factor measured
+    during that backend's part of a study) and wins over a plain N=. -> {N: (forward-backward, update factor)}"""
     from gptdist.errors import ConfigError
 
-    out = {}
+    plain, own = {}, {}
     for item in filter(None, (args.contention or "").split(",")):
         try:
-            n, f = item.split("=")
+            key, f = item.split("=")
+            who, _, n = key.rpartition("@")
             factors = [float(x) for x in f.split(":")]
             if len(factors) not in (1, 2) or min(factors) <= 0:
                 raise ValueError
-            out[int(n)] = (factors[0], factors[-1])
+            (own if who == backend else plain if not who else {})[int(n)] = (factors[0], factors[-1])
         except ValueError:
-            raise ConfigError(f"--contention takes N=FACTOR or N=FORWARD_BACKWARD:UPDATE,... (e.g. 2=1.1,4=2.3 or "
-                              f"2=1.07:1.3), each factor > 0, not {item!r}") from None
-    return out
+            raise ConfigError(f"--contention takes [BACKEND@]N=FACTOR or [BACKEND@]N=FORWARD_BACKWARD:UPDATE,... "
+                              f"(e.g. 2=1.1,4=2.3 or fsdp@2=1.07:1.3), each factor > 0, not {item!r}") from None
+    return {**plain, **own}
 
 
 def _timeline_paths(text: str, what: str) -> dict[str, str]:
@@ -130,7 +132,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         elif len(measured) > 1:
             replayed, share = simulator.timeline_for_tokens(measured, timeline.tokens_per_step * share, n)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
-        contention, update_contention = _measured_contention(args).get(n, (contention, contention))
+        contention, update_contention = _measured_contention(args, backend).get(n, (contention, contention))
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
         cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         layout_comm = simulator.comm_for_layout(comm, inter, layout) if inter else comm
@@ -292,7 +294,8 @@ def main(argv: list[str]) -> None:
         q.add_argument("--cores", type=int, default=0, help="CPU cores (0 = each rank has its own device)")
         q.add_argument("--threads-per-rank", type=int, default=1, help="threads per rank (CPU contention model)")
         q.add_argument("--contention", help="measured contention per world size, N=FACTOR,... (default N·t/C); "
-                       "N=F1:F2 slows the forward-backward by F1 and clip + optimizer by F2 (lockstep-factor --phases)")
+                       "N=F1:F2 slows the forward-backward by F1 and clip + optimizer by F2 (lockstep-factor --phases); "
+                       "BACKEND@N=...: for that backend only")
         q.add_argument("--small-timeline", action="append", help="another 1-rank timeline at a smaller batch, or a "
                        "rehearsal's (PATH or BACKEND=PATH,...; repeat it for more): a layout of N ranks replays the "
                        "rehearsal of N ranks at its batch where given, else the 1-rank one at its batch, else the "

@@ -535,6 +535,22 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
                     "--study", str(tmp_path / "study.json"), "--study", str(tmp_path / "study_manual.json")], check=False)
     assert twice.returncode == 2 and "strong/manual/1 is measured in both" in twice.stderr
 
+    # Measured contention: 2=1.2 for every backend, ddp@2=1.1:1.5 (forward-backward : clip + optimizer, measured
+    # during ddp's part) for ddp only; N=1 keeps the formula's 1 (no --cores: 1).
+    python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+            "--backends", "manual,ddp", "--modes", "strong", "--fit", str(tmp_path / "fit.json"),
+            "--study", str(tmp_path / "study.json"), "--contention", "2=1.2,ddp@2=1.1:1.5", "--out", str(tmp_path / "val_c")])
+    contended = {(r["backend"], r["world"]): r for r in json.loads((tmp_path / "val_c" / "validation.json").read_text())["rows"]}
+    for (backend, n), (fb, up) in {("manual", 2): (1.2, 1.2), ("ddp", 2): (1.1, 1.5), ("ddp", 1): (1.0, 1.0)}.items():
+        timeline = manual if backend == "manual" else ddp
+        expected = simulate(timeline, comm, n, backend, compute_scale=batch["strong", n] * 4 / 16, contention=fb,
+                            update_contention=up).step_ms
+        assert contended[backend, n]["predicted_ms"] == pytest.approx(expected, rel=1e-9)
+        assert (contended[backend, n]["contention"], contended[backend, n]["update_contention"]) == (fb, up)
+    bad = python(["launch/simulate.py", "validate", str(tmp_path / "manual.json"), "--fit", str(tmp_path / "fit.json"),
+                  "--study", str(tmp_path / "study.json"), "--contention", "2=1.1:0"], check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "'2=1.1:0'" in bad.stderr
+
     # With a second timeline measured at 2 sequences, the runs at that batch are replayed from it as they are
     # (the weak rows), the others from the affine compute(batch) through both (the strong N=1 row: the first).
     small = Timeline(pre_ms=4.0, backward_ms=9.0, post_ms={"optimizer": 5.0}, other_ms=0.5,

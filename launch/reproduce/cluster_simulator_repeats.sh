@@ -6,16 +6,16 @@
 #   comm_bench tables in one node (n0 loopback, 2 and 4 ranks) and across the link (2x1, 2x2), at the sweep's
 #     sizes and at the exact sizes the simulator will ask for (`simulate.py sizes`, from a short rehearsal of
 #     each backend at the start of the sitting);
-#   the lock-step contention of K copies (`simulate.py lockstep`: a comparison input, see below);
-#   per backend: the 1-rank runs at b = 4 and 2 and a rehearsal of every multi-rank job (GPTDIST_FAKE_WORLD=N:
-#     one process doing rank 0's work at N ranks, collectives that move nothing: 2 ranks at b = 4 and 2, 4 at
-#     b = 2) -> that backend's part of the study -> the same inputs again, and the 1-rank run at b = 8 (each
-#     timeline pools its job's runs from just before and just after the part: this machine's speed drifts by
-#     up to ~30% over minutes);
+#   per backend: the contention probes of 2 copies at b = 4 and 4 copies at b = 2 (`contention_probe`:
+#     interleaved, phase-aligned; per-phase factors), the 1-rank runs at b = 4 and 2 and a rehearsal of every
+#     multi-rank job (GPTDIST_FAKE_WORLD=N: one process doing rank 0's work at N ranks, collectives that move
+#     nothing: 2 ranks at b = 4 and 2, 4 at b = 2) -> that backend's part of the study -> the same inputs again,
+#     and the 1-rank run at b = 8 (each timeline pools its job's runs from just before and just after the part,
+#     the contention the probes: this machine's speed drifts by up to ~30% over minutes);
 #   the one-node tables again (pooled with the first: the mean at each size; the shaped link's are steady).
-# Then `simulate.py validate` three times: the rehearsals with the contention from the core count
-# (max(1, N·threads/cores); the model of record, validation/), the same with the lock-step copies' contention
-# (validation_lockstep/), and the 1-rank runs instead of the rehearsals (validation_no_rehearsal/).
+# Then `simulate.py validate` three times: the rehearsals with each backend's probed contention per phase (the
+# model of record, validation/), the same with the contention from the core count (max(1, N·threads/cores);
+# validation_cores/), and the 1-rank runs instead of the rehearsals with the core count (validation_no_rehearsal/).
 # At the end: the error per run with its spread over the repeats (repeats.md/json, repeats.png). As root, on an
 # otherwise idle machine (other work on the cores moves the 1-rank inputs and the runs apart):
 #     REPEATS=3 STEPS=14 WARMUP=4 RATE=1gbit MODES=strong,weak \
@@ -36,7 +36,7 @@ CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1
 VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/contention_copies.sh"  # rehearse BACKEND N B DIR, message_sizes DIR WORLDS, lockstep_contention K B DIR
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse BACKEND N B DIR, message_sizes DIR WORLDS, contention_probe K B FILE
 if [[ -z $VALIDATE_ONLY ]]; then
   trap '$C down' EXIT
   $C down > /dev/null
@@ -46,7 +46,7 @@ if [[ -z $VALIDATE_ONLY ]]; then
   stamp "sizes $(cat "$OUT/sizes.txt")"
   CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter --sizes $(cat "$OUT/sizes.txt") --overwrite"
 fi
-validations=(); lockstep=(); no_rehearsal=()
+validations=(); cores=(); no_rehearsal=()
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables
   modes=$MODES; [[ $i == 1 ]] && modes=$FIRST_MODES
@@ -68,20 +68,26 @@ for i in $(seq 1 "$REPEATS"); do
     intra_tables before
     $C torchrun --port 29710 --nproc-per-node 1 -- $CB $COMM_ARGS --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
     $C torchrun --port 29711 --nproc-per-node 2 -- $CB $COMM_ARGS --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
-    l2=$(lockstep_contention 2 4 "$R"); l4=$(lockstep_contention 4 2 "$R")
-    echo "2=$l2,4=$l4" | tee "$R/contention_lockstep.txt"
+    probes() {  # WHEN BACKEND: the contention of 2 copies at b = 4 (2-rank layouts) and 4 at b = 2 (2x2)
+      contention_probe 2 4 "$R/probe_$2_k2_$1.json"; contention_probe 4 2 "$R/probe_$2_k4_$1.json"
+    }
     for bk in ${BACKENDS//,/ }; do
+      probes before "$bk"
       inputs before "$bk"
       python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$bk" \
         --world-sizes "$WORLDS" --modes "$modes" --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" \
         --out "$R/study_$bk" --note "emulated cluster: 2 nodes (network namespaces), each node's egress shaped to $RATE with tc tbf, no added latency; repeat $i of $REPEATS in one sitting"
       inputs after "$bk" "8 4 2"
+      probes after "$bk"
     done
     intra_tables after
     stamp "repeat $i measured"
   fi
-  studies=()
+  studies=(); probed=""
   for bk in ${BACKENDS//,/ }; do  # each timeline pools its job's runs from just before and after (b = 8: the study's own)
+    for k in 2 4; do  # the contention during this backend's part: its two probes pooled (FORWARD_BACKWARD:UPDATE)
+      probed+="${probed:+,}$bk@$k=$(python launch/simulate.py lockstep-factor --phases "$R/probe_${bk}_k${k}_before.json" "$R/probe_${bk}_k${k}_after.json")"
+    done
     python launch/simulate.py extract "$RR/study/$bk-n1-b8" "$RR/after/$bk-n1-b8" --skip "$WARMUP" \
       --out "$R/timelines/$bk-n1-b8.json" > /dev/null
     for job in n1-b4 n1-b2 f2-b4 f2-b2 f4-b2; do
@@ -99,17 +105,17 @@ for i in $(seq 1 "$REPEATS"); do
       --inter-table "2x1=$T/inter_2x1,2x2=$T/inter_2x2" "${studies[@]}" --backends "$BACKENDS" --modes "$modes" \
       --cores "$CORES" --no-prefetch --out "$R/$out" "$@" | tee "$R/$out.console.txt"
   }
-  # the model of record: the rehearsals, the contention from the core count
-  validate validation "${rehearsed[@]}"
+  echo "$probed" > "$R/contention_phases.txt"
+  # the model of record: the rehearsals, slowed per phase by the contention probed during each backend's part
+  validate validation --contention "$probed" "${rehearsed[@]}"
   validations+=("$R/validation/validation.json")
-  # the same with the contention of copies in lock-step (2=F2,4=F4)
-  validate validation_lockstep --contention "$(cat "$R/contention_lockstep.txt")" "${rehearsed[@]}"
-  lockstep+=("$R/validation_lockstep/validation.json")
+  validate validation_cores "${rehearsed[@]}"  # the same with the contention from the core count
+  cores+=("$R/validation_cores/validation.json")
   # without rehearsals: every layout replays a 1-rank run (FSDP's shard work modelled as 1/N)
   validate validation_no_rehearsal
   no_rehearsal+=("$R/validation_no_rehearsal/validation.json")
   [[ -n $VALIDATE_ONLY ]] || stamp "repeat $i done"
 done
 python launch/simulate.py repeats "${validations[@]}" --out "$OUT"
-python launch/simulate.py repeats "${lockstep[@]}" --out "$OUT/lockstep"
+python launch/simulate.py repeats "${cores[@]}" --out "$OUT/cores"
 python launch/simulate.py repeats "${no_rehearsal[@]}" --out "$OUT/no_rehearsal"

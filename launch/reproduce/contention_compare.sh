@@ -14,7 +14,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-2}; STEPS=${STEPS:-14}; WARMUP=${WARMUP:-4}; OUT=${OUT:-runs/contention_compare/report}
 RUNS=${RUNS:-runs/contention_compare}
 export OMP_NUM_THREADS=1
-source "$(dirname "$0")/contention_copies.sh"  # rehearse BACKEND N B DIR
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse BACKEND N B DIR
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
 for i in $(seq 1 "$ROUNDS"); do

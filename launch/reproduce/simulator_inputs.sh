@@ -1,4 +1,5 @@
-# Sourced by simulator_repeats.sh and cluster_simulator_repeats.sh (not run on its own): the simulator's inputs.
+# Sourced by simulator_repeats.sh, cluster_simulator_repeats.sh and contention_compare.sh (not run on its own):
+# the simulator's inputs.
 # rehearse BACKEND N B DIR: one process doing rank 0's work of the BACKEND job at N ranks and batch B per rank
 # (GPTDIST_FAKE_WORLD=N: torch's fake process group, collectives that move nothing), into DIR/BACKEND-fN-bB.
 rehearse() {
@@ -21,16 +22,13 @@ message_sizes() {
   done
   python launch/simulate.py sizes "${timelines[@]}" --world-sizes "$2"
 }
-# lockstep_contention K B DIR: K copies of the 1-rank job at batch B held in lock-step (a barrier before each
-# step, each copy its own replica, nothing exchanged: `simulate.py lockstep`) over one copy alone, measured just
-# before and just after them (a drift of the machine's speed between them cancels); prints the factor, writes
-# DIR/lockstep_k1_bB_{before,after}.json and DIR/lockstep_kK_bB.json. A comparison input: the model of record
-# takes the contention from the core count (max(1, N·threads/cores)).
-lockstep_contention() {
-  local probe=(launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch "$2" --steps "$STEPS" --skip "$WARMUP")
-  local solo="$3/lockstep_k1_b$2"
-  torchrun --standalone --nproc-per-node 1 "${probe[@]}" --out "${solo}_before.json" > /dev/null
-  torchrun --standalone --nproc-per-node "$1" "${probe[@]}" --out "$3/lockstep_k$1_b$2.json" > /dev/null
-  torchrun --standalone --nproc-per-node 1 "${probe[@]}" --out "${solo}_after.json" > /dev/null
-  python launch/simulate.py lockstep-factor "$3/lockstep_k$1_b$2.json" "${solo}_before.json" "${solo}_after.json"
+# contention_probe K B FILE: the CPU contention of K copies of the 1-rank job at batch B, each its own replica,
+# nothing exchanged (`simulate.py lockstep --interleave`): a barrier before each step and before clip + optimizer
+# (where a data-parallel job's all-reduce aligns its ranks, so their memory-bound phases collide), and every other
+# step one copy runs alone, the copies taking turns, so the slowdown is read against steps alone a second apart
+# (this VM's speed moves 10-15% within a minute). WARMUP steps left out, then 6 steps alone per copy.
+# `simulate.py lockstep-factor --phases FILE...` gives the FORWARD_BACKWARD:UPDATE factors --contention takes.
+contention_probe() {
+  torchrun --standalone --nproc-per-node "$1" launch/simulate.py lockstep --config configs/scaling_cpu.yaml \
+    --batch "$2" --steps $((WARMUP + 12 * $1)) --skip "$WARMUP" --interleave --out "$3" > /dev/null
 }
