@@ -182,6 +182,16 @@ def _read_studies(paths: list[str]) -> dict:
     return {"meta": meta, "rows": rows}
 
 
+def _read_probe(path: str) -> dict:
+    """A lockstep probe's JSON (`simulate.py lockstep --out`); a missing or broken file is one line."""
+    from gptdist.errors import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable lockstep JSON ({e})") from None
+
+
 def _lockstep(args) -> None:
     """simulate.py lockstep: each torchrun process trains its own replica, a barrier before each step."""
     from gptdist.config import build_config
@@ -204,7 +214,7 @@ def _lockstep(args) -> None:
         raise ConfigError(f"--batch must be >= 1 and --steps > --skip, got {args.batch}, {args.steps}, {args.skip}")
     cfg = build_config(args.config, {"backend": "none", "train.device": "cpu"})
     # read before any work: a bad path fails fast
-    solos = [json.loads(Path(f).read_text()) for f in args.solo.split(",")] if args.solo else None
+    solos = [_read_probe(f) for f in args.solo.split(",")] if args.solo else None
     with distributed("cpu", need_group=True) as ctx:
         result = lockstep.measure(cfg, ctx, args.batch, args.steps, args.skip, not args.free, Path(args.out),
                                   align_phases=args.align_phases or args.interleave, interleave=args.interleave)
@@ -328,17 +338,11 @@ def main(argv: list[str]) -> None:
     if args.cmd == "lockstep-factor":
         from gptdist.studies.simulator.lockstep import contention_factor, pooled_phase_factors
 
-        def read(path):
-            try:
-                return json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ConfigError(f"{path}: not a readable lockstep JSON ({e})") from None
-
         if args.phases:  # several interleaved probes: copies and solo are all probes to pool
-            f = pooled_phase_factors([read(p) for p in [args.copies, *args.solo]])
+            f = pooled_phase_factors([_read_probe(p) for p in [args.copies, *args.solo]])
             print(f"{f['forward_backward']:.4f}:{f['clip_optimizer']:.4f}")
         else:
-            print(f"{contention_factor(read(args.copies), [read(p) for p in args.solo]):.4f}")
+            print(f"{contention_factor(_read_probe(args.copies), [_read_probe(p) for p in args.solo]):.4f}")
         return
     if args.cmd == "repeats":
         from gptdist.studies.plotting import plot_repeats

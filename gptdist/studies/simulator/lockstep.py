@@ -7,15 +7,19 @@ two free copies 0.94–1.04×, two training ranks ~1.2× the job alone; docs/res
 Here each of the K processes trains its own replica (the `none` backend on a world of one: no gradient is
 exchanged, so this is not a multi-rank training run) and only a barrier joins them before each step.
 
-On the 2-core machine the probe proved noisier than the effect it measures: for 2 one-thread ranks it read
-0.94-1.15 across sittings while the real 2-rank runs computed at 0.97-1.07x their rehearsal alone, so the repeat
-scripts take the contention from the core count (max(1, N·threads/cores)) and keep this probe as a comparison
-(their validation_lockstep/).
+Measured against one copy run as a separate job, the probe proved as noisy as the effect on the 2-core machine
+(a 2-copy factor moved by 0.1-0.4 within minutes: the machine's speed drifts between the two jobs). With
+`interleave` the solo steps are in the same run: every other step one copy runs alone while the others wait at
+the barriers, the copies taking turns, so each copy's steps together are read against its own steps alone a
+second apart. Interleaved and phase-aligned, two copies read 1.10-1.15 for the whole step beside real 2-rank
+jobs that computed 1.11-1.12x their rehearsal (forward-backward 1.05-1.13, clip + optimizer 1.2-1.4); the repeat
+scripts probe each backend before and after its part of a study and take that per-phase factor as the
+contention of record.
 
-    torchrun --nproc-per-node 1 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out solo.json
-    torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 --out k2.json \
-        --solo solo.json          # prints the contention factor (the K copies' median step over the job alone)
-    # --solo before.json,after.json: over the mean of one copy measured before and after the K copies
+    torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 \
+        --steps 28 --skip 4 --interleave --out k2.json       # prints the whole-step factor
+    python launch/simulate.py lockstep-factor --phases k2.json    # FORWARD_BACKWARD:UPDATE, for --contention 2=F1:F2
+    # without --interleave: --solo solo.json (one copy's JSON, e.g. before.json,after.json: their mean)
 """
 
 from __future__ import annotations

@@ -158,12 +158,12 @@ def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_ru
         if not steps.is_file():
             raise ConfigError(f"{steps} not found (is {run} an instrumented run folder?)")
     configs = [read_run_config(run) for run in runs]
-    for run in runs:  # the simulator's inputs are never a multi-rank training run
-        host = _host(run)
+    hosts = [_host(run) for run in runs]
+    for run, host in zip(runs, hosts):  # the simulator's inputs are never a multi-rank training run
         if not host.get("fake_world") and len(list((run / "ranks").glob("rank*"))) > 1:
             raise ConfigError(f"{run} is a multi-rank run: extract a timeline from a 1-rank run or a GPTDIST_FAKE_WORLD "
                               f"rehearsal (one process playing rank 0 of N)")
-    jobs = [_job(run, config) for run, config in zip(runs, configs)]
+    jobs = [_job(run, config, host) for run, config, host in zip(runs, configs, hosts)]
     for run, job in zip(runs[1:], jobs[1:]):
         if job != jobs[0]:
             raise ConfigError(f"{run} is not the same job as {runs[0]} (backend, model, world and tokens per "
@@ -177,14 +177,14 @@ def timeline_from_run(run_dir: str | Path, skip: int = 1, rank: int = 0, more_ru
     return timeline
 
 
-def _job(run_dir: Path, config) -> dict:
+def _job(run_dir: Path, config, host: dict) -> dict:
     """The job a run folder ran, as Timeline fields: model shape, tokens per rank, backend ({} without a config)."""
     if config is None:
         return {}
     from gptdist.config import batch_plan, resolve_model
 
     m = resolve_model(config)
-    world = _world_size(run_dir)
+    world = _world_size(run_dir, host)
     return {"model": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
                       "seq_len": config.data.seq_len},
             "tokens_per_step": batch_plan(config, world).tokens_per_step // world,  # per rank
@@ -197,10 +197,10 @@ def _host(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _world_size(run_dir: Path) -> int:
-    """The world a run trained in: as rank 0 recorded it (host.json; a rehearsal's is the world it played), else
-    the number of rank folders (runs from before host.json had it)."""
-    return int(_host(run_dir).get("world_size") or len(list((run_dir / "ranks").glob("rank*"))))
+def _world_size(run_dir: Path, host: dict) -> int:
+    """The world a run trained in: as rank 0 recorded it (`host`, its host.json; a rehearsal's is the world it
+    played), else the number of rank folders (runs from before host.json had it)."""
+    return int(host.get("world_size") or len(list((run_dir / "ranks").glob("rank*"))))
 
 
 # ----------------------------------------------------------------------------------------------
