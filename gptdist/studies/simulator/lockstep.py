@@ -11,10 +11,9 @@ Measured against one copy run as a separate job, the probe proved as noisy as th
 (a 2-copy factor moved by 0.1-0.4 within minutes: the machine's speed drifts between the two jobs). With
 `interleave` the solo steps are in the same run: every other step one copy runs alone while the others wait at
 the barriers, the copies taking turns, so each copy's steps together are read against its own steps alone a
-second apart. Interleaved and phase-aligned, two copies read 1.10-1.15 for the whole step beside real 2-rank
-jobs that computed 1.11-1.12x their rehearsal (forward-backward 1.05-1.13, clip + optimizer 1.2-1.4); the repeat
-scripts probe each backend before and after its part of a study and take that per-phase factor as the
-contention of record.
+second apart. The repeat scripts probe each backend before and after its part of a study and take its per-phase
+factors as the contention of record (2 copies on the 2-core machine: 1.02-1.10 forward-backward, 1.24-1.37 clip +
+optimizer; docs/results/simulator_repeats_probed_cpu, docs/results/cluster_simulator_probed_repeats_cpu_netns).
 
     torchrun --nproc-per-node 2 launch/simulate.py lockstep --config configs/scaling_cpu.yaml --batch 4 \
         --steps 28 --skip 4 --interleave --out k2.json       # prints the whole-step factor
