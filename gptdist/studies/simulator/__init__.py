@@ -53,9 +53,11 @@ measured at several batches, `timeline_for_tokens` picks the one measured at the
 or the nearest one with an affine compute(batch) through the two around it. `contention` multiplies
 all compute: 1 on GPUs (a rank owns its device); on a CPU with C cores and N ranks of t threads each,
 `cpu_contention(N, t, C)` = max(1, N·t / C) (a rank gets C/(N·t) of a core's time). That is the one
-thing the simulator does not know by itself; a measured factor (`contention_from_runs`: K copies of the
-1-rank job run at once, no communication) replaces the formula where one exists. docs/scaling.md explains
-how it was validated.
+thing the simulator does not know by itself; a measured factor replaces the formula where one exists:
+`contention_from_runs` (K copies of the 1-rank job run at once, no communication) or the `lockstep` probe,
+whose interleaved, phase-aligned form gives the forward-backward and the work after it (clip, optimizer: the
+memory-bound phases DP ranks run at the same moments) their own factors (`update_contention`).
+docs/scaling.md explains how it was validated.
 
 COMPUTE WHILE A COLLECTIVE RUNS (`cpu_overlap`, the fraction of full speed compute keeps while one runs):
 1 on GPUs (collectives run on the GPU's copy engines/SMs and NCCL's own streams, the host is free). On a CPU,
@@ -73,7 +75,7 @@ schedule; every collective for FSDP without prefetch, whose compute between coll
 It is the "straggler wait" part of the scaling study, predicted; near 0 for a GPU that only its rank uses.
 
 Modules: `timeline`, `comm_model`, `schedule` (the names below are re-exported here); `lockstep`, the lock-step
-contention probe behind `launch/simulate.py lockstep`.
+contention probe behind `launch/simulate.py lockstep` (`--interleave`: per-phase factors).
 """
 
 from gptdist.studies.simulator.timeline import (  # noqa: F401
