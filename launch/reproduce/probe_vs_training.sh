@@ -3,7 +3,8 @@
 # 127.0.0.1 (a check of the probe, not a simulator input: step 3 is a multi-rank training run):
 #   1. the probe, 2 copies at b = 2 (`contention_probe`: phase-aligned, every other step one copy alone);
 #   2. a rehearsal of the manual 2-rank job at b = 2 (one process doing rank 0's work, fake collectives);
-#   3. the manual job at 2 ranks, b = 2 per rank (the one-node study's strong run: global batch 4);
+#   3. the one-node study's manual job, strong, global batch 4: at 1 rank (b = 4; the study needs its baseline) and
+#      at 2 ranks (b = 2 per rank);
 #   4. the rehearsal again, 5. the probe again.
 # Then per round: the real ranks' phases over the rehearsals' (their mean), beside the two probes' factors
 # (probe_vs_training.md).
@@ -20,7 +21,7 @@ for i in $(seq 1 "$ROUNDS"); do
   stamp "round $i start"
   contention_probe 2 2 "$OUT/round$i/probe_before.json"
   rehearse manual 2 2 "$RR/before"
-  python launch/scaling.py --config configs/scaling_cpu.yaml --backends manual --world-sizes 2 --modes strong \
+  python launch/scaling.py --config configs/scaling_cpu.yaml --backends manual --world-sizes 1,2 --modes strong \
     --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/real" --out "$OUT/round$i/real" > /dev/null
   rehearse manual 2 2 "$RR/after"
   contention_probe 2 2 "$OUT/round$i/probe_after.json"
