@@ -156,9 +156,15 @@ def test_interleave_refusals_are_one_line_and_exit_2(tmp_path):
     assert free.returncode == 2 and "--free and --interleave contradict" in free.stderr
     cfg = tmp_path / "probe.yaml"
     cfg.write_text(CONFIG)
-    for nproc, steps, why in ((1, "10", "at least 2 copies"), (2, "5", "needs --steps >= --skip + 4")):
-        proc = torchrun(["launch/simulate.py", "lockstep", "--config", str(cfg), "--batch", "2", "--steps", steps,
-                         "--skip", "2", "--interleave", "--out", str(tmp_path / "o.json")], nproc=nproc, timeout=120,
-                        check=False)
-        assert proc.returncode != 0 and why in proc.stderr, proc.stderr
+    # both are refused from torchrun's environment, before any process group: a rank's view of it is enough
+    from launchers import subprocess_env
+
+    for nproc, steps, why in ((1, "10", "--interleave needs at least 2 copies (torchrun --nproc-per-node K, K >= 2)"),
+                              (2, "5", "--interleave with 2 copies needs --steps >= --skip + 4 (every copy one step "
+                                       "alone after the warm-up)")):
+        proc = python(["launch/simulate.py", "lockstep", "--config", str(cfg), "--batch", "2", "--steps", steps,
+                       "--skip", "2", "--interleave", "--out", str(tmp_path / "o.json")],
+                      env=subprocess_env(RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(nproc)), check=False)
+        prefix = "[rank0] " if nproc > 1 else ""  # a rank of a multi-process job names itself
+        assert proc.returncode == 2 and proc.stderr.strip() == f"{prefix}error: {why}", proc.stderr
     assert not (tmp_path / "o.json").exists()
