@@ -120,6 +120,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         measured.append(small)
     rows, preds = [], []
     base = None
+    measured_contention = _measured_contention(args, backend)  # {N: (forward-backward, update)}
     for i, layout in enumerate(worlds):
         n = layout.world
         replayed, share = timeline, (1.0 / n if mode == "strong" else 1.0)
@@ -132,7 +133,7 @@ def _predict_rows(args, timeline, worlds, mode, backend, tokens_per_rank=None):
         elif len(measured) > 1:
             replayed, share = simulator.timeline_for_tokens(measured, timeline.tokens_per_step * share, n)
         contention = simulator.cpu_contention(n, args.threads_per_rank, args.cores) if args.cores else 1.0
-        contention, update_contention = _measured_contention(args, backend).get(n, (contention, contention))
+        contention, update_contention = measured_contention.get(n, (contention, contention))
         # on a CPU gloo's collectives use the cores the ranks compute on (1 on GPUs)
         cpu_overlap = simulator.cpu_overlap(n, args.threads_per_rank, args.cores) if args.cores else 1.0
         layout_comm = simulator.comm_for_layout(comm, inter, layout) if inter else comm
@@ -205,11 +206,12 @@ def _lockstep(args) -> None:
     if not launched_by_torchrun():
         raise ConfigError("lockstep runs under torchrun, one process per copy: "
                           "torchrun --nproc-per-node K launch/simulate.py lockstep ...")
-    if args.interleave and int(os.environ["WORLD_SIZE"]) < 2:
+    copies = int(os.environ["WORLD_SIZE"])
+    if args.interleave and copies < 2:
         raise ConfigError("--interleave needs at least 2 copies (torchrun --nproc-per-node K, K >= 2)")
-    if args.interleave and args.steps - args.skip < 2 * int(os.environ["WORLD_SIZE"]):
-        raise ConfigError(f"--interleave with {os.environ['WORLD_SIZE']} copies needs --steps >= --skip + "
-                          f"{2 * int(os.environ['WORLD_SIZE'])} (every copy one step alone after the warm-up)")
+    if args.interleave and args.steps - args.skip < 2 * copies:
+        raise ConfigError(f"--interleave with {copies} copies needs --steps >= --skip + {2 * copies} (every copy one "
+                          "step alone after the warm-up)")
     if args.batch < 1 or args.steps <= args.skip:
         raise ConfigError(f"--batch must be >= 1 and --steps > --skip, got {args.batch}, {args.steps}, {args.skip}")
     cfg = build_config(args.config, {"backend": "none", "train.device": "cpu"})

@@ -133,7 +133,7 @@ def write_result(out: Path, batch: int, lockstep: bool, times_per_copy: list[lis
     if interleave:
         if any(not _kept(times, skip, True) for times in times_per_copy):
             raise ConfigError(f"too few steps: some copy ran no step alone after the {skip} warm-up steps "
-                              f"(an interleaved probe of K copies needs --steps > skip + 2K)")
+                              f"(an interleaved probe of K copies needs steps >= skip + 2K)")
         result["alone_step_ms_per_copy"] = [median_step_ms(times, skip, True) for times in times_per_copy]
         result["alone_phase_ms_per_copy"] = [median_phase_ms(times, skip, True) for times in times_per_copy]
     result["step_times_per_copy"] = times_per_copy
