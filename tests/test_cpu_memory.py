@@ -1,6 +1,12 @@
 """On CPU the training step keeps freed memory in the process: after warm-up a step page-faults almost nothing,
 where glibc's default re-faults every large tensor each step. The reference is the page count of one tensor the
-step allocates and frees (the logits, B·T·V·4 bytes): the default pays at least that per step."""
+step allocates and frees (the logits, B·T·V·4 bytes): the default pays at least that per step.
+
+With memory kept, glibc's heap layout still depends on where the kernel put the heap (address-space
+randomisation): in some runs, once in tens of steps, one large tensor lands past the heap's top and is faulted in
+once (measured on the 2-core machine: at most one such step in 40, ~15,900–16,400 faults, its index varying from
+run to run; with `setarch -R` every run is identical). So the test reads eight steps after warm-up and allows one
+of them that re-fault; two or more would be a step that keeps paying."""
 
 from __future__ import annotations
 
@@ -14,8 +20,10 @@ from launchers import REPO, subprocess_env
 # threshold can reach (32 MiB), so by default every step maps it anew
 B, T, V = 8, 128, 16384
 LOGITS_PAGES = B * T * V * 4 // 4096
+WARMUP, MEASURED = 4, 8
 
 SCRIPT = f"""
+WARMUP, MEASURED = {WARMUP}, {MEASURED}
 import json, resource, sys, torch
 from gptdist.config import build_config
 from gptdist.dist import init_distributed
@@ -28,11 +36,11 @@ cfg = build_config(None, {{"model.preset": "test", "model.vocab_size": {V}, "mod
 step = TrainStep(GPT(resolve_model(cfg)), cfg, init_distributed("cpu"))
 x = torch.randint(0, {V}, ({B}, {T}))
 faults = []
-for i in range(6):
+for i in range(WARMUP + MEASURED):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step.run(lambda: (x, x), lr=1e-3)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps(faults[2:]))
+print(json.dumps(faults[WARMUP:]))
 """
 
 
@@ -47,4 +55,4 @@ def test_a_cpu_step_stops_page_faulting_its_large_tensors():
     default = _faults_per_step("0")  # glibc's default: the logits (and their gradient) come back as new pages
     kept = _faults_per_step("1")
     assert min(default) >= LOGITS_PAGES, default
-    assert max(kept) < LOGITS_PAGES // 20, kept
+    assert len(kept) == MEASURED and sorted(kept)[-2] < LOGITS_PAGES // 20, kept  # all steps but at most one
