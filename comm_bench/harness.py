@@ -19,6 +19,12 @@ busbw      algbw · 2(n−1)/n (all-reduce), · (n−1)/n (all-gather, reduce-sc
 
 Timing: on GPUs CUDA events around the loop on the current stream; on CPU (gloo) `perf_counter`
 around the loop, started right after a barrier. Warm-up calls run first and are not timed.
+
+--gap-ms G times each call alone after the link sat idle for G ms (a barrier, then a sleep of G ms on every
+rank): a collective as a training step issues it, after some compute, rather than queued behind the previous
+one. It differs from the back-to-back time where the link holds credit while idle: a token-bucket shaper (tc
+tbf, as on the emulated cluster, docs/cluster.md) lets its bucket's worth of bytes through at line speed after
+an idle spell of bucket/rate. The simulator reads the two tables together (comm_model.comm_from_table).
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ def build_parser(default_op: str) -> argparse.ArgumentParser:
                         "sizes TIMELINE...); each is rounded down to whole elements per rank, as the sweep's are")
     p.add_argument("-w", "--warmup", type=int, default=5, help="untimed calls per size (default 5)")
     p.add_argument("-n", "--iters", type=int, default=20, help="timed calls per size (default 20)")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="time each call alone after G ms of idle link (a barrier, then a sleep; default 0: "
+                        "back-to-back calls)")
     p.add_argument("-d", "--dtype", default="fp32", help=f"element type: {', '.join(DTYPES)} (default fp32)")
     place = p.add_mutually_exclusive_group()
     place.add_argument("--inplace", dest="inplace", action="store_true", help="output buffer aliases the input")
@@ -163,6 +172,7 @@ class BenchArgs:
     fit: bool
     allow_one_rank: bool = False
     extra_sizes: tuple[int, ...] = ()  # --sizes: measured besides the sweep
+    gap_ms: float = 0.0  # --gap-ms: each timed call alone, after this much idle
 
 
 def parse_args(argv: list[str], default_op: str) -> BenchArgs:
@@ -184,6 +194,7 @@ def parse_args(argv: list[str], default_op: str) -> BenchArgs:
         fit=ns.fit,
         allow_one_rank=ns.allow_one_rank,
         extra_sizes=tuple(parse_size(x) for x in ns.sizes.split(",") if x.strip()),
+        gap_ms=ns.gap_ms,
     )
     if args.min_bytes is not None and args.max_bytes is not None and args.min_bytes > args.max_bytes:
         raise ConfigError(f"min size {args.min_bytes} B is larger than max size {args.max_bytes} B (-b/--min-bytes <= -e/--max-bytes)")
@@ -193,6 +204,8 @@ def parse_args(argv: list[str], default_op: str) -> BenchArgs:
         raise ConfigError("-b/--min-bytes must be at least 1")
     if args.step_factor < 2:
         raise ConfigError(f"-f/--step-factor must be >= 2, got {args.step_factor}")
+    if not 0 <= args.gap_ms <= 10_000:  # also refuses nan
+        raise ConfigError(f"--gap-ms must be between 0 and 10000, got {args.gap_ms:g}")
     if args.iters < 1 or args.warmup < 0:
         raise ConfigError("-n/--iters must be >= 1 and -w/--warmup >= 0")
     if args.average not in AVERAGE_MODES:
@@ -306,10 +319,13 @@ def count_wrong(output: torch.Tensor, expected: torch.Tensor) -> int:
     return int(((got - want).abs() > rtol * want.abs()).sum().item())
 
 
-def time_calls(run: Callable[[], None], warmup: int, iters: int, device: torch.device) -> float:
-    """Seconds per call on this rank: `iters` back-to-back calls after `warmup` untimed ones."""
+def time_calls(run: Callable[[], None], warmup: int, iters: int, device: torch.device, gap_ms: float = 0.0) -> float:
+    """Seconds per call on this rank: `iters` back-to-back calls after `warmup` untimed ones; with gap_ms > 0,
+    each call timed alone after a barrier and gap_ms of idle, and the mean of those times."""
     for _ in range(warmup):
         run()
+    if gap_ms > 0:
+        return _time_calls_after_gap(run, iters, device, gap_ms)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         dist.barrier()
@@ -325,6 +341,27 @@ def time_calls(run: Callable[[], None], warmup: int, iters: int, device: torch.d
     for _ in range(iters):
         run()
     return (time.perf_counter() - t0) / iters
+
+
+def _time_calls_after_gap(run: Callable[[], None], iters: int, device: torch.device, gap_ms: float) -> float:
+    total = 0.0
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dist.barrier()  # every rank starts its idle spell together: the link carries nothing during it
+        time.sleep(gap_ms / 1e3)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            total += start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            run()
+            total += time.perf_counter() - t0
+    return total / iters
 
 
 def _gather_floats(values: list[float], ctx: DistContext) -> torch.Tensor:
@@ -343,7 +380,7 @@ def measure(op: str, size_bytes: int, args: BenchArgs, ctx: DistContext) -> dict
     expected = case.expected()
     case.run()
     wrong_here = count_wrong(case.output, expected)
-    seconds = time_calls(case.run, args.warmup, args.iters, ctx.device)
+    seconds = time_calls(case.run, args.warmup, args.iters, ctx.device, args.gap_ms)
     table = _gather_floats([seconds * 1e6, float(wrong_here)], ctx)  # (world, 2)
     times = table[:, 0]
     mode = AVERAGE_MODES[args.average]
@@ -364,6 +401,7 @@ def measure(op: str, size_bytes: int, args: BenchArgs, ctx: DistContext) -> dict
         "algbw_gbps": algbw,
         "busbw_gbps": algbw * busbw_factor(op, n),
         "wrong": int(table[:, 1].sum().item()),
+        "gap_ms": args.gap_ms,
     }
 
 
@@ -420,6 +458,7 @@ def header_lines(args: BenchArgs, ctx: DistContext, sizes: tuple[int, int], rank
         f"torch {torch.__version__}  NCCL {nccl_version() or 'n/a'}",
         f"# minBytes {sizes[0]} maxBytes {sizes[1]} step: {args.step_factor}(factor) warmup iters: {args.warmup} "
         f"iters: {args.iters} validation: 1 time: {AVERAGE_MODES[args.average]} over ranks",
+        *([f"# each call timed alone after {args.gap_ms:g} ms of idle link (--gap-ms)"] if args.gap_ms > 0 else []),
         "#",
         "# Using devices",
     ]
@@ -563,6 +602,7 @@ def run(args: BenchArgs, ctx: DistContext, argv: list[str]) -> int:
             "extra_sizes": list(args.extra_sizes),
             "warmup": args.warmup,
             "iters": args.iters,
+            "gap_ms": args.gap_ms,  # 0: back-to-back calls; else each call after that much idle (--gap-ms)
             "time_over_ranks": AVERAGE_MODES[args.average],
             "conventions": "nccl-tests: size = whole buffer (all-gather output, reduce-scatter input, all-to-all send buffer); "
                            "algbw = size/time; busbw = algbw * busbw_factor(op, n)",

@@ -110,6 +110,36 @@ def test_plot_writes_pngs_with_one_line_per_world_size(sweeps, tmp_path):
     assert model.world_sizes("all_reduce") == [2, 4]
 
 
+def test_after_a_gap_each_call_is_timed_alone_without_the_idle_spell(monkeypatch):
+    """--gap-ms on a fake clock: every timed call comes after a barrier and a sleep of the gap, and the time is
+    the mean of the calls alone (2, 4 and 6 ms: 4 ms), not of the spells between them (50 ms each)."""
+    clock, log = [0.0], []
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(harness.time, "sleep", lambda s: (log.append(("sleep", s)), clock.__setitem__(0, clock[0] + s)))
+    monkeypatch.setattr(harness.dist, "barrier", lambda: log.append(("barrier",)))
+    durations = iter([0.001, 0.002, 0.004, 0.006])  # one warm-up call, then the three timed ones
+
+    def call():
+        log.append(("call",))
+        clock[0] += next(durations)
+
+    seconds = harness.time_calls(call, warmup=1, iters=3, device=torch.device("cpu"), gap_ms=50.0)
+    assert seconds == pytest.approx(0.004)
+    assert log == [("call",)] + [("barrier",), ("sleep", 0.05), ("call",)] * 3
+
+
+def test_gap_rows_record_it_and_leave_the_idle_out(tmp_path):
+    """Real gloo ranks with --gap-ms 300: each row and the metadata say so, and a 1 KiB all-reduce's time is far
+    below the 300 ms of idle before each call (timing the sleep would put every row at 300 ms or more)."""
+    proc = torchrun(["comm_bench/allreduce.py", "-b", "1K", "-e", "2K", "-w", "0", "-n", "2", "--gap-ms", "300",
+                     "--no-fit", "--out", str(tmp_path)], nproc=2, timeout=120)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["metadata"]["gap_ms"] == 300.0
+    assert [(r["size_bytes"], r["gap_ms"], r["wrong"]) for r in data["results"]] == [(1024, 300.0, 0), (2048, 300.0, 0)]
+    assert all(r["time_us"] < 300_000 for r in data["results"]), data["results"]
+    assert "each call timed alone after 300 ms of idle link" in proc.stdout
+
+
 def test_refuses_to_overwrite_results(sweeps):
     proc = torchrun(["comm_bench/broadcast.py", "-b", "4", "-e", "8", "--out", str(sweeps[2])], nproc=2, check=False)
     assert proc.returncode != 0
@@ -147,6 +177,8 @@ def test_bad_arguments_exit_with_one_line_error(args, message):
         (["--sizes", "1K,0"], "--sizes must be at least 1 byte"),
         (["--sizes", "1K,big"], "bad size"),
         (["--frobnicate"], "unrecognized arguments"),
+        (["--gap-ms", "-1"], "--gap-ms must be between 0 and 10000"),
+        (["--gap-ms", "nan"], "--gap-ms must be between 0 and 10000"),
     ],
 )
 def test_parse_args_rejects(argv, message):
