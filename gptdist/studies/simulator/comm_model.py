@@ -15,6 +15,8 @@ from gptdist.studies.simulator.timeline import Timeline
 
 
 CommFn = Callable[[str, float, int], float]  # (op, nbytes, world_size) -> ms
+# A CommFn with the attribute reads_idle = True also takes idle_ms=: how long the link sat idle before the
+# call (comm_from_table with a --gap-ms table); the schedule passes it (schedule.comm_time).
 # ----------------------------------------------------------------------------------------------
 # Communication models
 
@@ -44,11 +46,21 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
     one layout per (op, world size): a 2x2 layout is predicted from the table of whichever 4-rank run is
     given (on one host, as here, the same thing; across real nodes, measure that layout).
 
-    Several tables of the same op, world size and layout (nodes and ranks per node, from their metadata), e.g.
-    one measured before and one after a study, are pooled: the mean of their times at each size (this machine's
-    speed drifts over minutes, like the timelines' inputs). Tables of different layouts, or without that
-    metadata, are refused: an intra-node and an inter-node table of 2 ranks must not be averaged."""
-    samples: dict[tuple[str, int], dict[float, list[float]]] = {}
+    Several tables of the same op, world size, layout (nodes and ranks per node, from their metadata) and idle
+    gap, e.g. one measured before and one after a study, are pooled: the mean of their times at each size (this
+    machine's speed drifts over minutes, like the timelines' inputs). Tables of different layouts, or without
+    that metadata, are refused: an intra-node and an inter-node table of 2 ranks must not be averaged.
+
+    A table measured with `comm_bench --gap-ms G` (each call after G ms of idle link) beside a back-to-back one
+    prices a collective by the idle time before it (`idle_ms`, which the schedule passes). A token bucket (tc
+    tbf on the emulated cluster) lets its bucket through at line speed after an idle spell; its tokens accrue
+    at the line's rate, so G ms of idle can save at most G ms. The credit at a size is what the two tables
+    measured there, back-to-back minus idle time, kept within [0, G] (a slower idle call is not credit: at
+    small sizes ranks waking from the sleep meet late, at large ones gloo's own work after a pause is slower;
+    above G is noise of a few timed calls), scaled by min(1, idle_ms / G): the bucket refills at a constant
+    rate, so with G the bucket's refill time (10 ms on the emulated cluster, docs/cluster.md) the credit grows
+    linearly up to G. Without an idle table, or with idle_ms = 0 (the default), the back-to-back time."""
+    samples: dict[tuple[str, int, float], dict[float, list[float]]] = {}
     source: dict[tuple[str, int], tuple[Path, object]] = {}
     for path in paths:
         path = Path(path)
@@ -68,28 +80,46 @@ def comm_from_table(paths: list[str | Path]) -> CommFn:
             if first != path and (layout is None or layout != first_layout):  # e.g. a 1-node and a 2-node table
                 raise ConfigError(f"{first} and {path} both measure {key[0]} at {key[1]} ranks on different (or "
                                   "unrecorded) layouts; pass one of them")
-            samples.setdefault(key, {}).setdefault(float(r["size_bytes"]), []).append(float(r["time_us"]))
+            gap = float(r.get("gap_ms", 0.0))
+            samples.setdefault((*key, gap), {}).setdefault(float(r["size_bytes"]), []).append(float(r["time_us"]))
     table = {key: sorted((size, statistics.fmean(times)) for size, times in by_size.items())
              for key, by_size in samples.items()}
+    gaps: dict[tuple[str, int], list[float]] = {}
+    for op, n, gap in table:
+        gaps.setdefault((op, n), []).append(gap)
+    for (op, n), found in gaps.items():
+        if sum(g > 0 for g in found) > 1:
+            raise ConfigError(f"the comm tables measure {op} at {n} ranks after several idle gaps "
+                              f"({', '.join(f'{g:g}' for g in sorted(found) if g > 0)} ms); pass one --gap-ms table")
 
-    def time_ms(op: str, nbytes: float, n: int) -> float:
-        if n <= 1:
-            return 0.0
-        points = table.get((op, n))
-        if not points:
-            have = ", ".join(f"{o}@{w}" for o, w in sorted(table))
-            raise ConfigError(f"the comm tables have no {op} at {n} ranks (measured: {have}); measure it or use --fit")
+    def at_size(points: list[tuple[float, float]], nbytes: float) -> float:  # µs
         if nbytes <= points[0][0] or len(points) == 1:
-            return points[0][1] / 1e3
+            return points[0][1]
         for (s0, t0), (s1, t1) in zip(points, points[1:]):
             if nbytes <= s1:
-                return (t0 + (t1 - t0) * (nbytes - s0) / (s1 - s0)) / 1e3
+                return t0 + (t1 - t0) * (nbytes - s0) / (s1 - s0)
         (s0, t0), (s1, t1) = points[-2], points[-1]
         slope = (t1 - t0) / (s1 - s0)
         if slope <= 0:  # a noisy top of the table (few timed calls): scale the largest size's time instead
             slope = t1 / s1
-        return (t1 + slope * (nbytes - s1)) / 1e3
+        return t1 + slope * (nbytes - s1)
 
+    def time_ms(op: str, nbytes: float, n: int, idle_ms: float = 0.0) -> float:
+        if n <= 1:
+            return 0.0
+        found = sorted(gaps.get((op, n), []))
+        if not found:
+            have = ", ".join(f"{o}@{w}" for o, w in sorted(gaps))
+            raise ConfigError(f"the comm tables have no {op} at {n} ranks (measured: {have}); measure it or use --fit")
+        queued = at_size(table[(op, n, found[0])], nbytes)
+        if len(found) == 1:  # one kind of table: its time, whatever the idle
+            return queued / 1e3
+        gap = found[1]
+        after_idle = at_size(table[(op, n, gap)], nbytes)
+        credit = min(max(0.0, queued - after_idle), gap * 1e3) * min(1.0, max(0.0, idle_ms) / gap)
+        return (queued - credit) / 1e3
+
+    time_ms.reads_idle = True  # type: ignore[attr-defined]  (the schedule passes idle_ms)
     return time_ms
 
 

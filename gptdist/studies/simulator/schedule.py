@@ -86,12 +86,23 @@ def _without(fwd: float, bwd: float, comm: float) -> tuple[float, float]:
     return fwd * keep, bwd * keep
 
 
-def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: int, free_at: float = 0.0) -> list[CommEvent]:
-    """Requests (op, label, bytes, launch time) in issue order on one stream -> events."""
+def comm_time(comm: CommFn, op: str, nbytes: float, n: int, idle_ms: float) -> float:
+    """One collective's ms; a comm model that prices the link's idle time before the call (reads_idle: a
+    comm table with a --gap-ms table beside it) is told it, the others are not."""
+    if getattr(comm, "reads_idle", False):
+        return comm(op, nbytes, n, idle_ms=idle_ms)  # type: ignore[call-arg]
+    return comm(op, nbytes, n)
+
+
+def _run_stream(requests: list[tuple[str, str, float, float]], comm: CommFn, n: int,
+                free_at: float = -math.inf) -> list[CommEvent]:
+    """Requests (op, label, bytes, launch time) in issue order on one stream -> events. free_at: when the
+    stream's previous collective ended (-inf: none this step, the link idle since the last step)."""
     events = []
     for op, label, nbytes, launch in requests:
         start = max(launch, free_at)
-        free_at = start + comm(op, nbytes, n)
+        idle = start - free_at
+        free_at = start + comm_time(comm, op, nbytes, n, idle)
         events.append(CommEvent(op, label, nbytes, launch, start, free_at))
     return events
 
@@ -103,6 +114,7 @@ def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, f
     collective runs, compute advances at `cpu_overlap` of full speed (1: free overlap; 0: compute waits).
     Returns (wall time the backward's work ends, events)."""
     wall, done, busy_until, events = pre, 0.0, pre, []
+    last_end = -math.inf  # the previous collective's end (none yet: the link idle since the last step)
 
     def compute_until(target: float) -> None:  # advance the backward's work to `target` ms done
         nonlocal wall, done
@@ -119,7 +131,8 @@ def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, f
     for op, label, nbytes, at_work in launches:
         compute_until(at_work)
         start = max(wall, busy_until)  # one stream: after the previous collective
-        busy_until = start + comm(op, nbytes, n)
+        busy_until = start + comm_time(comm, op, nbytes, n, start - last_end)
+        last_end = busy_until
         events.append(CommEvent(op, label, nbytes, wall, start, busy_until))
     compute_until(bwd)
     return wall, events
@@ -193,7 +206,7 @@ def simulate_fsdp(t: Timeline, comm: CommFn, n: int, compute_scale: float = 1.0,
     # The optimizer, clip and zero_grad work on this rank's 1/N shard: a rehearsal measured them on its own
     # 1/world_size shard (fixed per-tensor costs and all); a 1-rank timeline's are divided by N.
     post = (sum(t.post_ms.values()) - t.post_ms.get("grad_sync", 0.0)) * up * t.world_size / n
-    free_at, clock, events = 0.0, data, []
+    free_at, clock, events = -math.inf, data, []
 
     def collective(op: str, label: str, nbytes: float, launch: float) -> float:
         nonlocal free_at
