@@ -26,6 +26,20 @@ def test_spread_per_run_and_overall(tmp_path):
     # the 1-rank rows (error 0 by construction) are left out: mean of 0.111, 0.197, 0.03, 0.05
     assert spread["mean_abs_error"] == pytest.approx(0.097) and spread["max_abs_error"] == pytest.approx(0.197)
     assert "-11.1%, +3.0%" in markdown(spread)
+    # per backend: manual 0.111 and 0.03, fsdp 0.197 and 0.05; every run here is in one node
+    assert spread["by_backend"]["manual"] == pytest.approx({"predictions": 2, "mean_abs_error": 0.0705, "max_abs_error": 0.111})
+    assert spread["by_backend"]["fsdp"] == pytest.approx({"predictions": 2, "mean_abs_error": 0.1235, "max_abs_error": 0.197})
+    assert list(spread["by_link"]) == ["one node"] and spread["by_link"]["one node"]["predictions"] == 4
+    assert "- fsdp: mean |error| 12.3%, largest 19.7% (2 predictions)" in markdown(spread)
+
+
+def test_spread_per_link_splits_one_node_from_across_nodes(tmp_path):
+    rows = [{"mode": "strong", "backend": "ddp", "world": w, "layout": l, "error": e}
+            for w, l, e in ((2, "2", 0.1), (2, "2x1", -0.02), (4, "2x2", 0.04))]
+    (tmp_path / "v.json").write_text(json.dumps({"rows": rows}))
+    spread = error_spread([tmp_path / "v.json"])
+    assert spread["by_link"]["one node"] == pytest.approx({"predictions": 1, "mean_abs_error": 0.1, "max_abs_error": 0.1})
+    assert spread["by_link"]["across nodes"] == pytest.approx({"predictions": 2, "mean_abs_error": 0.03, "max_abs_error": 0.04})
 
 
 def test_cli_writes_spread_and_plot(tmp_path):

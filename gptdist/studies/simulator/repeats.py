@@ -1,7 +1,8 @@
 """The simulator's error over repeated sittings: each repeat measured its own inputs (1-rank timelines,
 comm tables) and its own study, then `launch/simulate.py validate` wrote a validation.json. This gathers
 them: per (mode, backend, layout) the error of every repeat (with its measured and predicted step), its mean,
-min and max, and overall mean |error|."""
+min and max, and mean |error| and largest |error| overall, per backend and per link (one node, or a layout
+across nodes such as 2x1)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,20 @@ def error_spread(validations: list[Path]) -> dict:
                      "predicted_ms": [r.get("predicted_ms") for r in runs]})
     per_run = {k: [r["error"] for r in runs] for k, runs in per_run.items()}
     every = [e for errs in per_run.values() for e in errs]
+
+    def summary(errors: list[float]) -> dict:
+        return {"predictions": len(errors), "mean_abs_error": statistics.mean(abs(e) for e in errors),
+                "max_abs_error": max(abs(e) for e in errors)}
+
+    groups: dict[str, dict[str, list[float]]] = {"backend": {}, "link": {}}
+    for (_, backend, layout), errs in per_run.items():
+        groups["backend"].setdefault(backend, []).extend(errs)
+        groups["link"].setdefault("across nodes" if "x" in str(layout) else "one node", []).extend(errs)
     return {"repeats": len(validations), "rows": rows,
             "mean_abs_error": statistics.mean(abs(e) for e in every) if every else None,
-            "max_abs_error": max((abs(e) for e in every), default=None)}
+            "max_abs_error": max((abs(e) for e in every), default=None),
+            "by_backend": {b: summary(e) for b, e in sorted(groups["backend"].items())},
+            "by_link": {k: summary(e) for k, e in sorted(groups["link"].items(), reverse=True)}}
 
 
 def markdown(spread: dict) -> str:
@@ -44,4 +56,7 @@ def markdown(spread: dict) -> str:
                      f"{100 * r['min']:+.1f}% – {100 * r['max']:+.1f}% |")
     if spread["mean_abs_error"] is not None:
         lines += ["", f"mean |error| {100 * spread['mean_abs_error']:.1f}%, largest |error| {100 * spread['max_abs_error']:.1f}%"]
+        for key in ("by_backend", "by_link"):
+            lines += [f"- {name}: mean |error| {100 * g['mean_abs_error']:.1f}%, largest {100 * g['max_abs_error']:.1f}% "
+                      f"({g['predictions']} predictions)" for name, g in spread.get(key, {}).items()]
     return "\n".join(lines)
