@@ -5,7 +5,9 @@
 # and 2x1, 2 at 2x2; weak: b = 2) backend by backend, each part between its own inputs:
 #   comm_bench tables in one node (n0 loopback, 2 and 4 ranks) and across the link (2x1, 2x2), at the sweep's
 #     sizes and at the exact sizes the simulator will ask for (`simulate.py sizes`, from a short rehearsal of
-#     each backend at the start of the sitting);
+#     each backend at the start of the sitting); across the link both back to back and with each call after
+#     IDLE_GAP_MS (default 10: the tbf bucket's refill time, docs/cluster.md) of idle link (`comm_bench --gap-ms`:
+#     a collective issued after compute gets the bucket's credit, one queued behind another does not);
 #   per backend: the contention probes of 2 copies at b = 4 and 4 copies at b = 2 (`contention_probe`:
 #     interleaved, phase-aligned; per-phase factors), the 1-rank runs at b = 4 and 2 and a rehearsal of every
 #     multi-rank job (GPTDIST_FAKE_WORLD=N: one process doing rank 0's work at N ranks, collectives that move
@@ -30,6 +32,7 @@ NAME=${NAME:-csr}; SUBNET=${SUBNET:-10.217.0.0/24}
 # up to 64 MiB: FSDP's root unit and the manual backend's largest bucket are 51.5 MB. Across the 1 Gbit/s link a
 # 64 MiB all-reduce takes ~1 s, so fewer calls there; in one node the calls are fast and vary, so more of them.
 COMM_ARGS=${COMM_ARGS:--b 64K -e 64M -w 1 -n 3}; INTRA_ARGS=${INTRA_ARGS:--b 64K -e 64M -w 2 -n 10}
+IDLE_GAP_MS=${IDLE_GAP_MS:-10}
 C="python launch/cluster.py --name $NAME"
 export OMP_NUM_THREADS=1
 CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1) when that is set
@@ -68,6 +71,8 @@ for i in $(seq 1 "$REPEATS"); do
     intra_tables before
     $C torchrun --port 29710 --nproc-per-node 1 -- $CB $COMM_ARGS --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
     $C torchrun --port 29711 --nproc-per-node 2 -- $CB $COMM_ARGS --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
+    $C torchrun --port 29712 --nproc-per-node 1 -- $CB $COMM_ARGS --gap-ms "$IDLE_GAP_MS" --out "$T/inter_2x1_idle" > "$T/inter_2x1_idle.console.txt"
+    $C torchrun --port 29713 --nproc-per-node 2 -- $CB $COMM_ARGS --gap-ms "$IDLE_GAP_MS" --out "$T/inter_2x2_idle" > "$T/inter_2x2_idle.console.txt"
     probes() {  # WHEN BACKEND: the contention of 2 copies at b = 4 (2-rank layouts) and 4 at b = 2 (2x2)
       contention_probe 2 4 "$R/probe_$2_k2_$1.json"; contention_probe 4 2 "$R/probe_$2_k4_$1.json"
     }
@@ -98,11 +103,15 @@ for i in $(seq 1 "$REPEATS"); do
   done
   timelines() { local s=""; for bk in ${BACKENDS//,/ }; do s+="${s:+,}$bk=$R/timelines/$bk-$1.json"; done; echo "$s"; }
   rehearsed=(--small-timeline "$(timelines f2-b4)" --small-timeline "$(timelines f2-b2)" --small-timeline "$(timelines f4-b2)")
+  inter="2x1=$T/inter_2x1,2x2=$T/inter_2x2"
+  for l in 2x1 2x2; do  # the idle-link tables beside the back-to-back ones (absent in sittings before they existed)
+    [[ -e $T/inter_${l}_idle/results.json ]] && inter+=",$l=$T/inter_${l}_idle"
+  done
   validate() {  # OUT [extra flags]: every run of this repeat's study, from this repeat's inputs
     local out=$1; shift
     python launch/simulate.py validate "$(timelines n1-b8)" --small-timeline "$(timelines n1-b4)" --small-timeline "$(timelines n1-b2)" \
       --comm-table "$T/intra_n2_before,$T/intra_n2_after,$T/intra_n4_before,$T/intra_n4_after" \
-      --inter-table "2x1=$T/inter_2x1,2x2=$T/inter_2x2" "${studies[@]}" --backends "$BACKENDS" --modes "$modes" \
+      --inter-table "$inter" "${studies[@]}" --backends "$BACKENDS" --modes "$modes" \
       --cores "$CORES" --no-prefetch --out "$R/$out" "$@" | tee "$R/$out.console.txt"
   }
   echo "$probed" > "$R/contention_phases.txt"
