@@ -27,7 +27,11 @@ modelled. It is not a multi-rank training run: nothing is exchanged, and `timeli
 
 THE COMMUNICATION MODEL: time(op, bytes, N) in ms, from comm_bench's measured tables (`comm_from_table`,
 interpolated), its α–β fits (`gptdist.studies.alphabeta`; any N, extrapolated) or a named hardware profile
-(`PROFILES`, every number a stated assumption with its source).
+(`PROFILES`, every number a stated assumption with its source). A table measured with `comm_bench --gap-ms G`
+(each call after G ms of idle link) beside the back-to-back one also prices the idle time before a call: the
+schedule passes how long its one stream sat idle before each collective (`comm_time`), and the saving the two
+tables measured at that size is taken in proportion up to G ms of idle (a token-bucket link, as tc tbf on the
+emulated cluster, sends its bucket at line speed after an idle spell; back-to-back calls never see it).
 
 THE SCHEDULE, manual and ddp (overlap on): a bucket's all-reduce is launched when it is ready, in bucket-
 index order (launch_i = max(ready_i, launch_{i-1}), the order rule); collectives run one at a time on
