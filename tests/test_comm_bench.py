@@ -128,6 +128,47 @@ def test_after_a_gap_each_call_is_timed_alone_without_the_idle_spell(monkeypatch
     assert log == [("call",)] + [("barrier",), ("sleep", 0.05), ("call",)] * 3
 
 
+def test_after_a_gap_on_a_gpu_the_call_is_timed_on_the_stream_not_the_host(monkeypatch):
+    """The CUDA branch of --gap-ms on a fake device: a call returns to the host at once and its work runs on the
+    stream (a 100 ms warm-up call, then 2, 4, 6 ms); CUDA events stamp the stream's time. Each timed call finds
+    the stream idle for the whole 50 ms gap (the host drains the stream before it sleeps: a sleep beside the
+    warm-up's queued work would leave no idle at all), and the result is the calls' device time, 4 ms."""
+    clock = {"host": 0.0, "stream": 0.0}
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = max(clock["host"], clock["stream"])
+
+        def synchronize(self):
+            clock["host"] = max(clock["host"], self.t)
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    def sync(device=None):
+        clock["host"] = max(clock["host"], clock["stream"])
+
+    def sleep(seconds):
+        clock["host"] += seconds
+
+    monkeypatch.setattr(harness.torch.cuda, "Event", Event)
+    monkeypatch.setattr(harness.torch.cuda, "synchronize", sync)
+    monkeypatch.setattr(harness.time, "sleep", sleep)
+    monkeypatch.setattr(harness.dist, "barrier", lambda: None)
+    durations, idle = iter([0.100, 0.002, 0.004, 0.006]), []
+
+    def call():  # enqueue on the stream; the host does not wait
+        idle.append(max(0.0, clock["host"] - clock["stream"]))  # how long the stream sat idle before this call
+        clock["stream"] = max(clock["host"], clock["stream"]) + next(durations)
+
+    seconds = harness.time_calls(call, warmup=1, iters=3, device=torch.device("cuda"), gap_ms=50.0)
+    assert seconds == pytest.approx(0.004)
+    assert idle[1:] == pytest.approx([0.05, 0.05, 0.05])
+
+
 def test_gap_rows_record_it_and_leave_the_idle_out(tmp_path):
     """Real gloo ranks with --gap-ms 300: each row and the metadata say so, and a 1 KiB all-reduce's time is far
     below the 300 ms of idle before each call (timing the sleep would put every row at 300 ms or more)."""

@@ -35,11 +35,15 @@ def test_spread_per_run_and_overall(tmp_path):
 
 def test_spread_per_link_splits_one_node_from_across_nodes(tmp_path):
     rows = [{"mode": "strong", "backend": "ddp", "world": w, "layout": l, "error": e}
-            for w, l, e in ((2, "2", 0.1), (2, "2x1", -0.02), (4, "2x2", 0.04))]
+            for w, l, e in ((1, "1", -0.06), (1, "1", 0.02), (2, "2", 0.1), (2, "2x1", -0.02), (4, "2x2", 0.04))]
     (tmp_path / "v.json").write_text(json.dumps({"rows": rows}))
     spread = error_spread([tmp_path / "v.json"])
     assert spread["by_link"]["one node"] == pytest.approx({"predictions": 1, "mean_abs_error": 0.1, "max_abs_error": 0.1})
     assert spread["by_link"]["across nodes"] == pytest.approx({"predictions": 2, "mean_abs_error": 0.03, "max_abs_error": 0.04})
+    # the 1-rank rows are the control, apart from everything above
+    assert spread["control"] == pytest.approx({"predictions": 2, "mean_abs_error": 0.04, "max_abs_error": 0.06})
+    assert spread["mean_abs_error"] == pytest.approx((0.1 + 0.02 + 0.04) / 3)
+    assert "- control, the 1-rank runs" in markdown(spread) and "mean |error| 4.0%, largest 6.0% (2 predictions)" in markdown(spread)
 
 
 def test_cli_writes_spread_and_plot(tmp_path):

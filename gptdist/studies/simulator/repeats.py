@@ -2,7 +2,8 @@
 comm tables) and its own study, then `launch/simulate.py validate` wrote a validation.json. This gathers
 them: per (mode, backend, layout) the error of every repeat (with its measured and predicted step), its mean,
 min and max, and mean |error| and largest |error| overall, per backend and per link (one node, or a layout
-across nodes such as 2x1)."""
+across nodes such as 2x1); and the control: the study's 1-rank runs, which replay the same job's 1-rank runs
+measured around them, so that their error is the machine's drift in the sitting."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gptdist.errors import ConfigError
 
 def error_spread(validations: list[Path]) -> dict:
     per_run: dict[tuple, list[dict]] = {}
+    control: list[float] = []  # the study's 1-rank runs, predicted from the same job's 1-rank runs around them
     for path in validations:
         try:
             rows = json.loads(Path(path).read_text())["rows"]
@@ -23,6 +25,8 @@ def error_spread(validations: list[Path]) -> dict:
         for r in rows:
             if r["world"] > 1:
                 per_run.setdefault((r["mode"], r["backend"], r["layout"]), []).append(r)
+            elif r.get("error") is not None:
+                control.append(r["error"])
     rows = []
     for (m, b, l), runs in sorted(per_run.items()):
         errs = [r["error"] for r in runs]
@@ -44,7 +48,9 @@ def error_spread(validations: list[Path]) -> dict:
             "mean_abs_error": statistics.mean(abs(e) for e in every) if every else None,
             "max_abs_error": max((abs(e) for e in every), default=None),
             "by_backend": {b: summary(e) for b, e in sorted(groups["backend"].items())},
-            "by_link": {k: summary(e) for k, e in sorted(groups["link"].items(), reverse=True)}}
+            "by_link": {k: summary(e) for k, e in sorted(groups["link"].items(), reverse=True)},
+            # nothing to model in these (one rank, the same job as its inputs): the machine's drift in the sitting
+            "control": summary(control) if control else None}
 
 
 def markdown(spread: dict) -> str:
@@ -59,4 +65,9 @@ def markdown(spread: dict) -> str:
         for key in ("by_backend", "by_link"):
             lines += [f"- {name}: mean |error| {100 * g['mean_abs_error']:.1f}%, largest {100 * g['max_abs_error']:.1f}% "
                       f"({g['predictions']} predictions)" for name, g in spread.get(key, {}).items()]
+        if spread.get("control"):
+            c = spread["control"]
+            lines += [f"- control, the 1-rank runs from the same job's 1-rank runs around them (drift, nothing to "
+                      f"model): mean |error| {100 * c['mean_abs_error']:.1f}%, largest {100 * c['max_abs_error']:.1f}% "
+                      f"({c['predictions']} predictions)"]
     return "\n".join(lines)
