@@ -357,6 +357,15 @@ def test_fsdp_run_gives_a_timeline_without_buckets(tmp_path):
     train(cfg, init_distributed("cpu", need_group=True))
     t = timeline_from_run(tmp_path / "run", skip=1)
     assert t.backend == "fsdp" and t.buckets == [] and t.pre_ms > 0 and t.backward_ms > 0 and t.model["n_layer"] > 0
+    # the units' bytes are the real model's parameters (fp32): the root holds wte (tied to lm_head), wpe (block_size
+    # rows, not seq_len) and ln_f; each block its own
+    from gptdist.config import resolve_model
+    from gptdist.model import GPT
+
+    params = dict(GPT(resolve_model(cfg)).named_parameters())  # a tied weight once
+    root = sum(p.numel() for n, p in params.items() if ".h." not in n)
+    blocks = [sum(p.numel() for n, p in params.items() if f".h.{i}." in n) for i in range(t.model["n_layer"])]
+    assert [b for _, b, _ in fsdp_units(t.model)] == [4 * root] + [4 * b for b in blocks]
     # The reference is the same timeline with free communication, not the measured step: the prediction
     # divides the (noisy) optimizer time by N, which can outweigh a tiny comm cost. With 1 ms per collective
     # and no prefetch every collective is waited for, so the step grows by exactly one ms per collective:

@@ -34,7 +34,7 @@ class Timeline:
     data_ms: float = 0.0  # part of pre_ms (reported separately; scaled like pre_ms)
     step_ms: float = 0.0  # the measured step, for reference
     tokens_per_step: int = 0
-    model: dict = field(default_factory=dict)  # n_layer, n_embd, vocab_size, seq_len (for fsdp units)
+    model: dict = field(default_factory=dict)  # n_layer, n_embd, vocab_size, seq_len, block_size (fsdp units)
     source: str = ""
     backend: str = ""  # the backend of the run it came from (its bucket layout)
     # the step's jitter σ, from one step to the next: median |period_i − period_(i−1)| / (0.6745·√2) over the kept
@@ -186,7 +186,7 @@ def _job(run_dir: Path, config, host: dict) -> dict:
     m = resolve_model(config)
     world = _world_size(run_dir, host)
     return {"model": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
-                      "seq_len": config.data.seq_len},
+                      "seq_len": config.data.seq_len, "block_size": m.block_size},  # wpe has block_size rows
             "tokens_per_step": batch_plan(config, world).tokens_per_step // world,  # per rank
             "backend": config.backend, "world_size": world}
 
