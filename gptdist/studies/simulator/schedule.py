@@ -114,7 +114,6 @@ def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, f
     collective runs, compute advances at `cpu_overlap` of full speed (1: free overlap; 0: compute waits).
     Returns (wall time the backward's work ends, events)."""
     wall, done, busy_until, events = pre, 0.0, pre, []
-    last_end = -math.inf  # the previous collective's end (none yet: the link idle since the last step)
 
     def compute_until(target: float) -> None:  # advance the backward's work to `target` ms done
         nonlocal wall, done
@@ -131,8 +130,8 @@ def _backward_with_comm(pre: float, bwd: float, launches: list[tuple[str, str, f
     for op, label, nbytes, at_work in launches:
         compute_until(at_work)
         start = max(wall, busy_until)  # one stream: after the previous collective
-        busy_until = start + comm_time(comm, op, nbytes, n, start - last_end)
-        last_end = busy_until
+        idle = start - busy_until if events else math.inf  # the first of the step: idle since the last step
+        busy_until = start + comm_time(comm, op, nbytes, n, idle)
         events.append(CommEvent(op, label, nbytes, wall, start, busy_until))
     compute_until(bwd)
     return wall, events
