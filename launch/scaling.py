@@ -41,6 +41,9 @@ def main(argv: list[str]) -> None:
                         "AxB on nodes 0..A-1 across its shaped link (docs/cluster.md)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild the report from the run folders already in --runs-dir (same plan)")
+    p.add_argument("--only", default="",
+                   help="run only these runs of the plan (comma-separated run names, e.g. manual-n2x1-b4) and write no "
+                        "report: a study run in pieces with other work between them; then --report-only")
     args = p.parse_args(argv)
     if args.warmup >= args.steps:
         raise ConfigError("--warmup must be below --steps")
@@ -54,6 +57,14 @@ def main(argv: list[str]) -> None:
     modes = [m.strip() for m in args.modes.split(",")]
     backends = [x.strip() for x in args.backends.split(",")]
     specs = scaling.plan_runs(backends, layouts, modes, b, cfg.data.seq_len)
+    if args.only:
+        if args.report_only:
+            raise ConfigError("--only runs part of the plan, --report-only runs nothing: give one of them")
+        names = [x.strip() for x in args.only.split(",")]
+        unknown = sorted(set(names) - {spec.name for spec in specs})
+        if unknown:
+            raise ConfigError(f"--only: {', '.join(unknown)} not in the plan (its runs: {', '.join(s.name for s in specs)})")
+        specs = [spec for spec in specs if spec.name in names]
     runs_dir = Path(args.runs_dir)
     cluster = None
     if args.cluster and not args.report_only:
@@ -78,6 +89,10 @@ def main(argv: list[str]) -> None:
             from gptdist.studies.scaling.on_cluster import rank_hosts
             hosts[spec.name] = rank_hosts(run_dir)
         results.append(scaling.collect_run(run_dir, spec, args.warmup))
+    if args.only:
+        print(f"ran {', '.join(spec.name for spec in specs)} into {runs_dir}; the report: the same command with "
+              f"--report-only instead of --only")
+        return
     rows = scaling.analyse(results, modes)
     from gptdist.provenance import provenance
 

@@ -276,7 +276,8 @@ def main(argv: list[str]) -> None:
                          "the form --contention N=F1:F2 takes")
     rp = sub.add_parser("repeats", formatter_class=HelpFormatter,
                         help="the error per run with its spread over repeated validations (one validation.json each)")
-    rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat")
+    rp.add_argument("validations", nargs="+", help="validation.json files, one per repeat (or a repeat validated in "
+                    "parts: its files comma-separated)")
     rp.add_argument("--out", required=True, help="folder for repeats.json, repeats.md and repeats_<mode>.png")
     sz = sub.add_parser("sizes", formatter_class=HelpFormatter,
                         help="the message sizes the simulator will ask of the comm tables (for comm_bench --sizes)")
@@ -322,6 +323,9 @@ def main(argv: list[str]) -> None:
             q.add_argument("--study", required=True, action="append",
                            help="a scaling study's results.json; repeat it for a study run in parts (e.g. one per "
                                 "backend, each between its own inputs): their rows are taken together")
+            q.add_argument("--runs", default="", help="write only the rows of these runs of the study (comma-separated "
+                           "run names, e.g. manual-n2x1-b4): one validate per run, each from the inputs measured "
+                           "around that run; `repeats` takes the parts of a repeat together")
     args = p.parse_args(argv)
 
     if args.cmd == "extract":
@@ -350,7 +354,7 @@ def main(argv: list[str]) -> None:
         from gptdist.studies.plotting import plot_repeats
         from gptdist.studies.simulator.repeats import error_spread, markdown
 
-        spread = error_spread([Path(p) for p in args.validations])
+        spread = error_spread([[Path(part) for part in v.split(",")] for v in args.validations])
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "repeats.json").write_text(json.dumps(spread, indent=2) + "\n")
@@ -398,6 +402,10 @@ def main(argv: list[str]) -> None:
 
     # validate: predicted vs measured, per (mode, backend, world) the study has
     study = _read_studies(args.study)
+    only_runs = {x.strip() for x in args.runs.split(",") if x.strip()}
+    unknown = only_runs - {r.get("run") for r in study["rows"]}
+    if unknown:
+        raise ConfigError(f"--runs: {', '.join(sorted(unknown))} not in {', '.join(args.study)}")
     lines, out_rows = [], []
     for mode in modes:
         for backend in backends:
@@ -414,6 +422,8 @@ def main(argv: list[str]) -> None:
             tokens = [r["batch_size"] * seq_len for r in measured]
             rows, _ = _predict_rows(args, timeline, worlds, mode, backend, tokens)
             for m_row, p_row in zip(measured, rows):
+                if only_runs and m_row.get("run") not in only_runs:
+                    continue  # predicted all the same: the 1-rank row is every efficiency's base
                 err = p_row["step_ms"] / m_row["step_ms"] - 1
                 out_rows.append({"mode": mode, "backend": backend, "world": m_row["world"], "layout": m_row["layout"],
                                  "measured_ms": m_row["step_ms"], "measured_p25": m_row["step_p25"],

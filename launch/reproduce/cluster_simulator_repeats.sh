@@ -39,7 +39,7 @@ CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1
 VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/simulator_inputs.sh"  # rehearse BACKEND N B DIR, message_sizes DIR WORLDS, contention_probe K B FILE
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, one_node_tables, across_tables
 if [[ -z $VALIDATE_ONLY ]]; then
   trap '$C down' EXIT
   $C down > /dev/null
@@ -56,10 +56,6 @@ for i in $(seq 1 "$REPEATS"); do
   mkdir -p "$R/timelines" "$T"
   if [[ -z $VALIDATE_ONLY ]]; then
     stamp "repeat $i start"
-    intra_tables() {  # WHEN: one node's tables (node 0, where the study runs its 1-node layouts)
-      $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB $INTRA_ARGS --out "$T/intra_n2_$1" > "$T/intra_n2_$1.console.txt"
-      $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB $INTRA_ARGS --out "$T/intra_n4_$1" > "$T/intra_n4_$1.console.txt"
-    }
     inputs() {  # WHEN BACKEND [BATCHES]: the 1-rank runs (b = 4 and 2, or BATCHES) and the rehearsals, into $RR/WHEN
       for b in ${3:-4 2}; do
         python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$2" \
@@ -68,11 +64,8 @@ for i in $(seq 1 "$REPEATS"); do
       done
       rehearse "$2" 2 4 "$RR/$1"; rehearse "$2" 2 2 "$RR/$1"; rehearse "$2" 4 2 "$RR/$1"
     }
-    intra_tables before
-    $C torchrun --port 29710 --nproc-per-node 1 -- $CB $COMM_ARGS --out "$T/inter_2x1" > "$T/inter_2x1.console.txt"
-    $C torchrun --port 29711 --nproc-per-node 2 -- $CB $COMM_ARGS --out "$T/inter_2x2" > "$T/inter_2x2.console.txt"
-    $C torchrun --port 29712 --nproc-per-node 1 -- $CB $COMM_ARGS --gap-ms "$IDLE_GAP_MS" --out "$T/inter_2x1_idle" > "$T/inter_2x1_idle.console.txt"
-    $C torchrun --port 29713 --nproc-per-node 2 -- $CB $COMM_ARGS --gap-ms "$IDLE_GAP_MS" --out "$T/inter_2x2_idle" > "$T/inter_2x2_idle.console.txt"
+    one_node_tables "$T" before
+    across_tables "$T"
     probes() {  # WHEN BACKEND: the contention of 2 copies at b = 4 (2-rank layouts) and 4 at b = 2 (2x2)
       contention_probe 2 4 "$R/probe_$2_k2_$1.json"; contention_probe 4 2 "$R/probe_$2_k4_$1.json"
     }
@@ -85,7 +78,7 @@ for i in $(seq 1 "$REPEATS"); do
       inputs after "$bk" "8 4 2"
       probes after "$bk"
     done
-    intra_tables after
+    one_node_tables "$T" after
     stamp "repeat $i measured"
   fi
   studies=(); probed=""

@@ -32,3 +32,16 @@ contention_probe() {
   torchrun --standalone --nproc-per-node "$1" launch/simulate.py lockstep --config configs/scaling_cpu.yaml \
     --batch "$2" --steps $((WARMUP + 12 * $1)) --skip "$WARMUP" --interleave --out "$3" > /dev/null
 }
+# one_node_tables T WHEN: comm_bench in node 0 of cluster $C (where a study runs its 1-node layouts), 2 and 4
+# ranks, into T/intra_n{2,4}_WHEN; across_tables T: across the link at 2x1 and 2x2, back to back and with each
+# call after IDLE_GAP_MS of idle link, into T/inter_2x{1,2}[_idle]. $CB: the comm_bench command (ops, sizes).
+one_node_tables() {
+  $C exec n0 -- torchrun --standalone --nproc-per-node 2 $CB $INTRA_ARGS --out "$1/intra_n2_$2" > "$1/intra_n2_$2.console.txt"
+  $C exec n0 -- torchrun --standalone --nproc-per-node 4 $CB $INTRA_ARGS --out "$1/intra_n4_$2" > "$1/intra_n4_$2.console.txt"
+}
+across_tables() {
+  $C torchrun --port 29710 --nproc-per-node 1 -- $CB $COMM_ARGS --out "$1/inter_2x1" > "$1/inter_2x1.console.txt"
+  $C torchrun --port 29711 --nproc-per-node 2 -- $CB $COMM_ARGS --out "$1/inter_2x2" > "$1/inter_2x2.console.txt"
+  $C torchrun --port 29712 --nproc-per-node 1 -- $CB $COMM_ARGS --gap-ms "$IDLE_GAP_MS" --out "$1/inter_2x1_idle" > "$1/inter_2x1_idle.console.txt"
+  $C torchrun --port 29713 --nproc-per-node 2 -- $CB $COMM_ARGS --gap-ms "$IDLE_GAP_MS" --out "$1/inter_2x2_idle" > "$1/inter_2x2_idle.console.txt"
+}

@@ -14,15 +14,30 @@ from pathlib import Path
 from gptdist.errors import ConfigError
 
 
-def error_spread(validations: list[Path]) -> dict:
-    per_run: dict[tuple, list[dict]] = {}
-    control: list[float] = []  # the study's 1-rank runs, predicted from the same job's 1-rank runs around them
-    for path in validations:
+def _repeat_rows(parts: list[Path]) -> list[dict]:
+    """One repeat's rows: of one validation.json, or of several (a repeat validated in parts, e.g. each run
+    from the inputs measured around it), which must not predict the same (mode, backend, layout) twice."""
+    rows, seen = [], {}
+    for path in parts:
         try:
-            rows = json.loads(Path(path).read_text())["rows"]
+            part = json.loads(Path(path).read_text())["rows"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a validation.json (launch/simulate.py validate --out): {e}") from None
-        for r in rows:
+        for r in part:
+            key = (r["mode"], r["backend"], r["layout"])
+            if key in seen:
+                raise ConfigError(f"{'/'.join(map(str, key))} is predicted in both {seen[key]} and {path} (one repeat's parts)")
+            seen[key] = path
+        rows += part
+    return rows
+
+
+def error_spread(validations: list[Path | list[Path]]) -> dict:
+    """validations: one entry per repeat, a validation.json or the list of a repeat's parts."""
+    per_run: dict[tuple, list[dict]] = {}
+    control: list[float] = []  # the study's 1-rank runs, predicted from the same job's 1-rank runs around them
+    for repeat in validations:
+        for r in _repeat_rows(repeat if isinstance(repeat, list) else [repeat]):
             if r["world"] > 1:
                 per_run.setdefault((r["mode"], r["backend"], r["layout"]), []).append(r)
             elif r.get("error") is not None:
