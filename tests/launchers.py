@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,10 @@ def python(script_and_args: list[str], timeout: float = 300, env: dict[str, str]
     if check and proc.returncode != 0:
         raise AssertionError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def launcher_main(script: str):
+    """The main(argv) of a launch/ script, loaded in this process: for a test that calls one CLI many times on
+    its success path (each `python launch/...` pays ~3 s of imports on 2 cores). Errors raise here; a refusal's
+    one-line error and exit code are tested through `python` (main_guard leaves with os._exit)."""
+    return runpy.run_path(str(REPO / script), run_name="launched_in_test")["main"]

@@ -1,6 +1,7 @@
 """The scaling study: plan, per-step combination over ranks, efficiency, gap attribution, end to end."""
 
 import json
+import shutil
 
 import pytest
 
@@ -156,6 +157,24 @@ def test_study_end_to_end_at_1_and_2_ranks(tmp_path):
     assert all(r["steps_kept"] == 2 for r in rerun["runs"])
     proc = python(common + ["--runs-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")], check=False, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --report-only:")
+
+    # A study in pieces (other work between its runs): --only runs the named runs of the plan and writes no report;
+    # once every run is there, --report-only builds the same report. Two runs copied from above, the third run here.
+    pieces = tmp_path / "pieces"
+    for name in ("manual-n1-b4", "manual-n2-b2"):
+        shutil.copytree(tmp_path / "runs" / name, pieces / name)
+    base = ["launch/scaling.py", "--config", str(config), "--backends", "manual", "--world-sizes", "1,2",
+            "--steps", "4", "--runs-dir", str(pieces)]
+    proc = python(base + ["--warmup", "1", "--only", "manual-n1-b2", "--out", str(tmp_path / "no_report")], timeout=120)
+    assert "ran manual-n1-b2" in proc.stdout and not (tmp_path / "no_report").exists()
+    assert sorted(p.name for p in pieces.iterdir()) == ["manual-n1-b2", "manual-n1-b4", "manual-n2-b2"]
+    python(base + ["--warmup", "1", "--report-only", "--out", str(tmp_path / "pieced")], timeout=120)
+    pieced = json.loads((tmp_path / "pieced" / "results.json").read_text())
+    assert [(r["mode"], r["run"]) for r in pieced["rows"]] == [(r["mode"], r["run"]) for r in raw["rows"]]
+    for flags, message in ((["--only", "manual-n4-b1"], "error: --only: manual-n4-b1 not in the plan (its runs: "),
+                           (["--only", "manual-n1-b2", "--report-only"], "error: --only runs part of the plan")):
+        proc = python(base + ["--warmup", "1", *flags, "--out", str(tmp_path / "x")], check=False, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[0].startswith(message)
 
 
 @pytest.mark.slow

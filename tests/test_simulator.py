@@ -480,7 +480,9 @@ def test_timeline_for_tokens_replays_the_measured_batch_or_the_nearest_scaled():
 def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     """`simulate.py validate manual=A,ddp=B`: each backend is replayed from its own timeline (DDP's bucket
     layout differs from the manual backend's), errors are predicted / measured - 1, per row."""
-    from launchers import python
+    from launchers import launcher_main, python
+
+    simulate_cli = launcher_main("launch/simulate.py")  # the success paths in this process, the refusals as commands
 
     manual = two_buckets()
     manual.tokens_per_step = 16  # the timeline's run: 4 sequences of 4 tokens
@@ -497,14 +499,15 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     measured = {(m, b, n): 30.0 + n + (b == "ddp") for m in ("strong", "weak") for b in ("manual", "ddp") for n in (1, 2)}
     study = {"meta": {"seq_len": 4},
              "rows": [{"mode": m, "backend": b, "world": n, "layout": str(n), "batch_size": batch[m, n], "step_ms": ms,
+                       "run": f"{b}-n{n}-b{batch[m, n]}",
                        "step_p25": ms, "step_p75": ms, "slowest_step_ms": ms + 2,
                        "parts": {"compute": 1.0, "exposed": 1.0, "wait": 0.0}, "transfer_ms": 4.0}
                       for (m, b, n), ms in measured.items()]}
     (tmp_path / "study.json").write_text(json.dumps(study))
     out = tmp_path / "val"
-    python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
-            "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"),
-            "--study", str(tmp_path / "study.json"), "--out", str(out)])
+    simulate_cli(["validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+                  "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"),
+                  "--study", str(tmp_path / "study.json"), "--out", str(out)])
     validation = json.loads((out / "validation.json").read_text())
     assert validation["provenance"]["command"].startswith("python launch/simulate.py validate")
     rows = {(r["mode"], r["backend"], r["world"]): r for r in validation["rows"]}
@@ -534,9 +537,9 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
         part = {**study, "rows": [r for r in study["rows"] if r["backend"] == backend]}
         (tmp_path / f"study_{backend}.json").write_text(json.dumps(part))
     parts = ["--study", str(tmp_path / "study_manual.json"), "--study", str(tmp_path / "study_ddp.json")]
-    python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
-            "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"), *parts,
-            "--out", str(tmp_path / "val_parts")])
+    simulate_cli(["validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+                  "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"), *parts,
+                  "--out", str(tmp_path / "val_parts")])
     in_parts = json.loads((tmp_path / "val_parts" / "validation.json").read_text())["rows"]
     assert [(r["backend"], r["world"], r["predicted_ms"], r["error"]) for r in in_parts] == \
         [(r["backend"], r["world"], r["predicted_ms"], r["error"]) for r in validation["rows"]]
@@ -544,11 +547,25 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
                     "--study", str(tmp_path / "study.json"), "--study", str(tmp_path / "study_manual.json")], check=False)
     assert twice.returncode == 2 and "strong/manual/1 is measured in both" in twice.stderr
 
+    # --runs: only the rows of the named runs (one validate per run, each from the inputs measured around it); the
+    # run at 2 ranks and 2 sequences serves both modes, so both its rows, predicted as in the whole validation
+    simulate_cli(["validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+                  "--backends", "manual,ddp", "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"),
+                  "--study", str(tmp_path / "study.json"), "--runs", "manual-n2-b2", "--out", str(tmp_path / "val_run")])
+    one_run = json.loads((tmp_path / "val_run" / "validation.json").read_text())["rows"]
+    assert [(r["mode"], r["backend"], r["world"]) for r in one_run] == [("strong", "manual", 2), ("weak", "manual", 2)]
+    assert [r["predicted_ms"] for r in one_run] == [rows["strong", "manual", 2]["predicted_ms"],
+                                                    rows["weak", "manual", 2]["predicted_ms"]]
+    bad = python(["launch/simulate.py", "validate", str(tmp_path / "manual.json"), "--fit", str(tmp_path / "fit.json"),
+                  "--study", str(tmp_path / "study.json"), "--runs", "manual-n8-b1"], check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: --runs: manual-n8-b1 not in {tmp_path / 'study.json'}"]
+
     # Measured contention: 2=1.2 for every backend, ddp@2=1.1:1.5 (forward-backward : clip + optimizer, measured
     # during ddp's part) for ddp only; N=1 keeps the formula's 1 (no --cores: 1).
-    python(["launch/simulate.py", "validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
-            "--backends", "manual,ddp", "--modes", "strong", "--fit", str(tmp_path / "fit.json"),
-            "--study", str(tmp_path / "study.json"), "--contention", "2=1.2,ddp@2=1.1:1.5", "--out", str(tmp_path / "val_c")])
+    simulate_cli(["validate", f"manual={tmp_path / 'manual.json'},ddp={tmp_path / 'ddp.json'}",
+                  "--backends", "manual,ddp", "--modes", "strong", "--fit", str(tmp_path / "fit.json"),
+                  "--study", str(tmp_path / "study.json"), "--contention", "2=1.2,ddp@2=1.1:1.5", "--out", str(tmp_path / "val_c")])
     contended = {(r["backend"], r["world"]): r for r in json.loads((tmp_path / "val_c" / "validation.json").read_text())["rows"]}
     for (backend, n), (fb, up) in {("manual", 2): (1.2, 1.2), ("ddp", 2): (1.1, 1.5), ("ddp", 1): (1.0, 1.0)}.items():
         timeline = manual if backend == "manual" else ddp
@@ -565,9 +582,9 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     small = Timeline(pre_ms=4.0, backward_ms=9.0, post_ms={"optimizer": 5.0}, other_ms=0.5,
                      buckets=[BucketTiming(0, 1000, 2.0), BucketTiming(1, 1000, 9.0)], tokens_per_step=8)
     small.save(tmp_path / "small.json")
-    python(["launch/simulate.py", "validate", str(tmp_path / "manual.json"), "--small-timeline", str(tmp_path / "small.json"),
-            "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study.json"),
-            "--out", str(out)])
+    simulate_cli(["validate", str(tmp_path / "manual.json"), "--small-timeline", str(tmp_path / "small.json"),
+                  "--modes", "strong,weak", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study.json"),
+                  "--out", str(out)])
     rows = {(r["mode"], r["world"]): r for r in json.loads((out / "validation.json").read_text())["rows"]}
     for n in (1, 2):
         assert rows["weak", n]["predicted_ms"] == pytest.approx(simulate(small, comm, n, "manual").step_ms, rel=1e-9)
@@ -578,9 +595,9 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
     # (13 ms at 8 tokens, 30 at 16) -> 21.5 ms at 12, a scale of 21.5 / 30 on the big timeline
     study["rows"] = [{**r, "batch_size": 3} for r in study["rows"] if r["mode"] == "weak"]
     (tmp_path / "study3.json").write_text(json.dumps(study))
-    python(["launch/simulate.py", "validate", str(tmp_path / "manual.json"), "--small-timeline", str(tmp_path / "small.json"),
-            "--modes", "weak", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study3.json"),
-            "--out", str(out)])
+    simulate_cli(["validate", str(tmp_path / "manual.json"), "--small-timeline", str(tmp_path / "small.json"),
+                  "--modes", "weak", "--fit", str(tmp_path / "fit.json"), "--study", str(tmp_path / "study3.json"),
+                  "--out", str(out)])
     rows = {r["world"]: r for r in json.loads((out / "validation.json").read_text())["rows"] if r["backend"] == "manual"}
     for n in (1, 2):
         expected = simulate(manual, comm, n, "manual", compute_scale=21.5 / 30).step_ms

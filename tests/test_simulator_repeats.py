@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from gptdist.errors import ConfigError
 from gptdist.studies.simulator.repeats import error_spread, markdown
 
 
@@ -59,3 +60,28 @@ def test_cli_writes_spread_and_plot(tmp_path):
     assert spread["mean_abs_error"] == pytest.approx((0.1 + 0.05 + 0.02 + 0.07) / 4)
     assert "| strong | ddp | 2 | +5.0%, +7.0% | +6.0% |" in (tmp_path / "out" / "repeats.md").read_text()
     assert (tmp_path / "out" / "repeats_strong.png").stat().st_size > 1000
+
+
+def test_a_repeat_in_parts_counts_as_one_repeat(tmp_path):
+    """A repeat validated run by run (each run from the inputs measured around it): its parts' rows together are
+    that repeat; two parts predicting the same run are refused."""
+    from launchers import python
+
+    def part(name, rows):
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return tmp_path / name
+
+    row = lambda l, e: {"mode": "weak", "backend": "fsdp", "world": 2, "layout": l, "error": e, "measured_ms": 100.0,
+                        "predicted_ms": 100.0 * (1 + e)}
+    one = [part("1a.json", [row("2", 0.04)]), part("1b.json", [row("2x1", -0.02)]),
+           part("1c.json", [{**row("1", -0.03), "world": 1}])]
+    two = [part("2a.json", [row("2", 0.06)]), part("2b.json", [row("2x1", 0.0)])]
+    spread = error_spread([one, two])
+    assert spread["repeats"] == 2
+    assert {r["layout"]: r["errors"] for r in spread["rows"]} == {"2": [0.04, 0.06], "2x1": [-0.02, 0.0]}
+    assert spread["control"] == pytest.approx({"predictions": 1, "mean_abs_error": 0.03, "max_abs_error": 0.03})
+    with pytest.raises(ConfigError, match=r"weak/fsdp/2 is predicted in both .*1a.json and .*2a.json"):
+        error_spread([[one[0], two[0]]])
+    # the command line: a repeat's parts comma-separated
+    python(["launch/simulate.py", "repeats", ",".join(map(str, one)), ",".join(map(str, two)), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "repeats.json").read_text())["rows"] == spread["rows"]

@@ -23,11 +23,10 @@ def _repeat_rows(parts: list[Path]) -> list[dict]:
             part = json.loads(Path(path).read_text())["rows"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a validation.json (launch/simulate.py validate --out): {e}") from None
-        for r in part:
-            key = (r["mode"], r["backend"], r["layout"])
-            if key in seen:
-                raise ConfigError(f"{'/'.join(map(str, key))} is predicted in both {seen[key]} and {path} (one repeat's parts)")
-            seen[key] = path
+        keys = {(r["mode"], r["backend"], r["layout"]) for r in part}
+        for key in sorted(keys & set(seen), key=str):
+            raise ConfigError(f"{'/'.join(map(str, key))} is predicted in both {seen[key]} and {path} (one repeat's parts)")
+        seen.update((key, path) for key in keys)
         rows += part
     return rows
 
