@@ -443,6 +443,9 @@ def main(argv: list[str]) -> None:
                                  "predicted_transfer_ms": p_row["comm_ms"],
                                  "transfer_error": (p_row["comm_ms"] / m_row["transfer_ms"] - 1
                                                     if m_row.get("transfer_ms") else None)})
+    if only_runs and not out_rows:
+        raise ConfigError(f"--runs: {', '.join(sorted(only_runs))} has no row of --backends {args.backends} and "
+                          f"--modes {args.modes}")
     head = ("| mode | backend | N | measured step ms (p25–p75) | predicted ms | error | slowest rank ms (error) "
             "| compute meas/pred | exposed+wait meas/pred | transfer meas/pred |")
     lines = [head, "|" + "---|" * 10]

@@ -560,6 +560,9 @@ def test_cli_validate_uses_each_backends_own_timeline(tmp_path):
                   "--study", str(tmp_path / "study.json"), "--runs", "manual-n8-b1"], check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"error: --runs: manual-n8-b1 not in {tmp_path / 'study.json'}"]
+    with pytest.raises(ConfigError, match="--runs: manual-n2-b2 has no row of --backends ddp"):
+        simulate_cli(["validate", str(tmp_path / "ddp.json"), "--backends", "ddp", "--fit", str(tmp_path / "fit.json"),
+                      "--study", str(tmp_path / "study.json"), "--runs", "manual-n2-b2"])
 
     # Measured contention: 2=1.2 for every backend, ddp@2=1.1:1.5 (forward-backward : clip + optimizer, measured
     # during ddp's part) for ddp only; N=1 keeps the formula's 1 (no --cores: 1).

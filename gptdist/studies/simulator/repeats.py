@@ -1,5 +1,6 @@
 """The simulator's error over repeated sittings: each repeat measured its own inputs (1-rank timelines,
-comm tables) and its own study, then `launch/simulate.py validate` wrote a validation.json. This gathers
+comm tables) and its own study, then `launch/simulate.py validate` wrote a validation.json (or one per run,
+each run predicted from the inputs measured around it: the repeat's parts, taken together). This gathers
 them: per (mode, backend, layout) the error of every repeat (with its measured and predicted step), its mean,
 min and max, and mean |error| and largest |error| overall, per backend and per link (one node, or a layout
 across nodes such as 2x1); and the control: the study's 1-rank runs, which replay the same job's 1-rank runs
@@ -24,8 +25,10 @@ def _repeat_rows(parts: list[Path]) -> list[dict]:
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a validation.json (launch/simulate.py validate --out): {e}") from None
         keys = {(r["mode"], r["backend"], r["layout"]) for r in part}
-        for key in sorted(keys & set(seen), key=str):
-            raise ConfigError(f"{'/'.join(map(str, key))} is predicted in both {seen[key]} and {path} (one repeat's parts)")
+        twice = sorted(keys & set(seen), key=str)
+        if twice:
+            raise ConfigError(f"{'/'.join(map(str, twice[0]))} is predicted in both {seen[twice[0]]} and {path} "
+                              "(one repeat's parts)")
         seen.update((key, path) for key in keys)
         rows += part
     return rows
