@@ -39,16 +39,8 @@ CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1
 VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, one_node_tables, across_tables
-if [[ -z $VALIDATE_ONLY ]]; then
-  trap '$C down' EXIT
-  $C down > /dev/null
-  $C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
-  stamp "cluster up ($RATE)"
-  message_sizes "$RUNS/sizes" 2,4 > "$OUT/sizes.txt"
-  stamp "sizes $(cat "$OUT/sizes.txt")"
-  CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter --sizes $(cat "$OUT/sizes.txt") --overwrite"
-fi
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, cluster_start, one_node_tables, across_tables
+[[ -n $VALIDATE_ONLY ]] || cluster_start  # the cluster up, sizes.txt, $CB
 validations=(); cores=(); no_rehearsal=()
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables

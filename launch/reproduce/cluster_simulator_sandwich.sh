@@ -33,7 +33,7 @@ SANDWICHES=("n1-b8:n1-b8" "f2-b4:n2-b4,n2x1-b4" "f2-b2:n2-b2,n2x1-b2" "f4-b2:n2x
 mkdir -p "$OUT"
 steal() { awk '/^cpu /{printf "%.1f", $9 / 100}' /proc/stat; }  # jiffies (USER_HZ = 100) -> s
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg) steal_s $(steal)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, one_node_tables, across_tables
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, cluster_start, one_node_tables, across_tables
 study() {  # R RR BACKEND [--only RUN | --report-only]: the backend's study, or one run of it
   local r=$1 rr=$2 bk=$3; shift 3
   python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$bk" --world-sizes "$WORLDS" \
@@ -49,15 +49,7 @@ input_run() {  # BACKEND JOB DIR: one input (n1-bB: the 1-rank run at b = B; fN-
     rehearse "$1" "${n#f}" "$b" "$3"
   fi
 }
-if [[ -z $VALIDATE_ONLY ]]; then
-  trap '$C down' EXIT
-  $C down > /dev/null
-  $C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
-  stamp "cluster up ($RATE)"
-  message_sizes "$RUNS/sizes" 2,4 > "$OUT/sizes.txt"
-  stamp "sizes $(cat "$OUT/sizes.txt")"
-  CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter --sizes $(cat "$OUT/sizes.txt") --overwrite"
-fi
+[[ -n $VALIDATE_ONLY ]] || cluster_start  # the cluster up, sizes.txt, $CB
 repeats=(); repeats_cores=()
 for i in $(seq 1 "$REPEATS"); do
   R=$OUT/repeat$i; RR=$RUNS/repeat$i; T=$R/tables

@@ -32,6 +32,17 @@ contention_probe() {
   torchrun --standalone --nproc-per-node "$1" launch/simulate.py lockstep --config configs/scaling_cpu.yaml \
     --batch "$2" --steps $((WARMUP + 12 * $1)) --skip "$WARMUP" --interleave --out "$3" > /dev/null
 }
+# cluster_start: a 2-node cluster $C at $RATE on $SUBNET (taken down on exit), the message sizes of $BACKENDS into
+# $OUT/sizes.txt (message_sizes, at 2 and 4 ranks), and $CB, the comm_bench command of the tables; `stamp` logs.
+cluster_start() {
+  trap '$C down' EXIT
+  $C down > /dev/null
+  $C up --nodes 2 --rate "$RATE" --subnet "$SUBNET"
+  stamp "cluster up ($RATE)"
+  message_sizes "$RUNS/sizes" 2,4 > "$OUT/sizes.txt"
+  stamp "sizes $(cat "$OUT/sizes.txt")"
+  CB="comm_bench/run_all.py --op all_reduce,all_gather,reduce_scatter --sizes $(cat "$OUT/sizes.txt") --overwrite"
+}
 # one_node_tables T WHEN: comm_bench in node 0 of cluster $C (where a study runs its 1-node layouts), 2 and 4
 # ranks, into T/intra_n{2,4}_WHEN; across_tables T: across the link at 2x1 and 2x2, back to back and with each
 # call after IDLE_GAP_MS of idle link, into T/inter_2x{1,2}[_idle]. $CB: the comm_bench command (ops, sizes).
