@@ -39,7 +39,7 @@ CORES=$(getconf _NPROCESSORS_ONLN)  # not `nproc`: it answers OMP_NUM_THREADS (1
 VALIDATE_ONLY=${VALIDATE_ONLY:-}  # 1: measure nothing, predict again from the inputs and runs already in OUT, RUNS
 mkdir -p "$OUT"
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, cluster_start, one_node_tables, across_tables
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, backend_probes, probed_contention, cluster_start, one_node_tables, across_tables
 [[ -n $VALIDATE_ONLY ]] || cluster_start  # the cluster up, sizes.txt, $CB
 validations=(); cores=(); no_rehearsal=()
 for i in $(seq 1 "$REPEATS"); do
@@ -58,26 +58,20 @@ for i in $(seq 1 "$REPEATS"); do
     }
     one_node_tables "$T" before
     across_tables "$T"
-    probes() {  # WHEN BACKEND: the contention of 2 copies at b = 4 (2-rank layouts) and 4 at b = 2 (2x2)
-      contention_probe 2 4 "$R/probe_$2_k2_$1.json"; contention_probe 4 2 "$R/probe_$2_k4_$1.json"
-    }
     for bk in ${BACKENDS//,/ }; do
-      probes before "$bk"
+      backend_probes "$R" "$bk" before
       inputs before "$bk"
       python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$bk" \
         --world-sizes "$WORLDS" --modes "$modes" --steps "$STEPS" --warmup "$WARMUP" --runs-dir "$RR/study" \
         --out "$R/study_$bk" --note "emulated cluster: 2 nodes (network namespaces), each node's egress shaped to $RATE with tc tbf, no added latency; repeat $i of $REPEATS in one sitting"
       inputs after "$bk" "8 4 2"
-      probes after "$bk"
+      backend_probes "$R" "$bk" after
     done
     one_node_tables "$T" after
     stamp "repeat $i measured"
   fi
-  studies=(); probed=""
+  studies=(); probed=$(probed_contention "$R")  # the contention during each backend's part
   for bk in ${BACKENDS//,/ }; do  # each timeline pools its job's runs from just before and after (b = 8: the study's own)
-    for k in 2 4; do  # the contention during this backend's part: its two probes pooled (FORWARD_BACKWARD:UPDATE)
-      probed+="${probed:+,}$bk@$k=$(python launch/simulate.py lockstep-factor --phases "$R/probe_${bk}_k${k}_before.json" "$R/probe_${bk}_k${k}_after.json")"
-    done
     python launch/simulate.py extract "$RR/study/$bk-n1-b8" "$RR/after/$bk-n1-b8" --skip "$WARMUP" \
       --out "$R/timelines/$bk-n1-b8.json" > /dev/null
     for job in n1-b4 n1-b2 f2-b4 f2-b2 f4-b2; do

@@ -33,7 +33,7 @@ SANDWICHES=("n1-b8:n1-b8" "f2-b4:n2-b4,n2x1-b4" "f2-b2:n2-b2,n2x1-b2" "f4-b2:n2x
 mkdir -p "$OUT"
 steal() { awk '/^cpu /{printf "%.1f", $9 / 100}' /proc/stat; }  # jiffies (USER_HZ = 100) -> s
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg) steal_s $(steal)" | tee -a "$OUT/sitting.txt"; }
-source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, cluster_start, one_node_tables, across_tables
+source "$(dirname "$0")/simulator_inputs.sh"  # rehearse, message_sizes, contention_probe, backend_probes, probed_contention, cluster_start, one_node_tables, across_tables
 study() {  # R RR BACKEND [--only RUN | --report-only]: the backend's study, or one run of it
   local r=$1 rr=$2 bk=$3; shift 3
   python launch/scaling.py --config configs/scaling_cpu.yaml --cluster "$NAME" --backends "$bk" --world-sizes "$WORLDS" \
@@ -61,7 +61,7 @@ for i in $(seq 1 "$REPEATS"); do
     : > "$R/sandwiches.txt"  # RUN BEFORE_DIR AFTER_DIR JOB, one line per study run
     k=0
     for bk in ${BACKENDS//,/ }; do
-      contention_probe 2 4 "$R/probe_${bk}_k2_before.json"; contention_probe 4 2 "$R/probe_${bk}_k4_before.json"
+      backend_probes "$R" "$bk" before
       for sandwich in "${SANDWICHES[@]}"; do
         job=${sandwich%%:*}; runs=${sandwich#*:}
         k=$((k + 1)); stamp "input $bk-$job -> $RR/in$k"; input_run "$bk" "$job" "$RR/in$k"
@@ -71,27 +71,19 @@ for i in $(seq 1 "$REPEATS"); do
           echo "$bk-$run $RR/in$((k - 1)) $RR/in$k $job" >> "$R/sandwiches.txt"
         done
       done
-      contention_probe 2 4 "$R/probe_${bk}_k2_after.json"; contention_probe 4 2 "$R/probe_${bk}_k4_after.json"
+      backend_probes "$R" "$bk" after
       study "$R" "$RR" "$bk" --report-only > /dev/null
     done
     one_node_tables "$T" after
     stamp "repeat $i measured"
   fi
   inter="2x1=$T/inter_2x1,2x2=$T/inter_2x2,2x1=$T/inter_2x1_idle,2x2=$T/inter_2x2_idle"
-  probed=""
-  for bk in ${BACKENDS//,/ }; do
-    for n in 2 4; do  # the contention during this backend's runs: its two probes pooled (FORWARD_BACKWARD:UPDATE)
-      probed+="${probed:+,}$bk@$n=$(python launch/simulate.py lockstep-factor --phases "$R/probe_${bk}_k${n}_before.json" "$R/probe_${bk}_k${n}_after.json")"
-    done
-  done
+  probed=$(probed_contention "$R")  # the contention during each backend's runs
   echo "$probed" > "$R/contention_phases.txt"
   parts=(); parts_cores=(); mkdir -p "$R/validation" "$R/validation_cores"
-  while read -r -u 3 run before after job; do
+  while read -r -u 3 run before after job; do  # the 1-rank b = 8 run comes first in each backend's lines
     bk=${run%%-*}
     python launch/simulate.py extract "$before/$bk-$job" "$after/$bk-$job" --skip "$WARMUP" --out "$R/timelines/$run.json" > /dev/null
-  done 3< "$R/sandwiches.txt"
-  while read -r -u 3 run before after job; do
-    bk=${run%%-*}
     # the 1-rank b = 8 timeline is every prediction's base (tokens per step, the efficiency's 1-rank step); the
     # run's own sandwich is the timeline it replays (a rehearsal at its N and batch, or the 1-rank run at its batch)
     for variant in validation validation_cores; do

@@ -32,6 +32,21 @@ contention_probe() {
   torchrun --standalone --nproc-per-node "$1" launch/simulate.py lockstep --config configs/scaling_cpu.yaml \
     --batch "$2" --steps $((WARMUP + 12 * $1)) --skip "$WARMUP" --interleave --out "$3" > /dev/null
 }
+# backend_probes R BACKEND WHEN: contention_probe of 2 copies at b = 4 (the 2-rank layouts) and 4 at b = 2 (2x2),
+# into R/probe_BACKEND_k{2,4}_WHEN.json; probed_contention R: each backend's before and after probes pooled, in
+# the form `simulate.py validate --contention` takes (BACKEND@N=FORWARD_BACKWARD:UPDATE,...)
+backend_probes() {
+  contention_probe 2 4 "$1/probe_$2_k2_$3.json"; contention_probe 4 2 "$1/probe_$2_k4_$3.json"
+}
+probed_contention() {
+  local probed="" bk n
+  for bk in ${BACKENDS//,/ }; do
+    for n in 2 4; do
+      probed+="${probed:+,}$bk@$n=$(python launch/simulate.py lockstep-factor --phases "$1/probe_${bk}_k${n}_before.json" "$1/probe_${bk}_k${n}_after.json")"
+    done
+  done
+  echo "$probed"
+}
 # cluster_start: a 2-node cluster $C at $RATE on $SUBNET (taken down on exit), the message sizes of $BACKENDS into
 # $OUT/sizes.txt (message_sizes, at 2 and 4 ranks), and $CB, the comm_bench command of the tables; `stamp` logs.
 cluster_start() {
