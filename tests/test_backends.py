@@ -230,14 +230,27 @@ def test_zero_collective_counts_order_and_decay_groups(results):
     assert results["zero2"]["num_buckets"] > 5 and results["zero2-default-buckets"]["num_buckets"] == 1
 
 
+# After a clipped step the backends' losses may differ in the last bits: each sums the squared gradient norm
+# in its own order (manual over buckets, zero over slices, DDP/FSDP per parameter), so the clip coefficient,
+# and from it every update, can move by an ulp. Measured at 4 ranks on an AVX-512 EPYC: zero1 vs manual
+# 1.3e-8 (one fp32 ulp of one rank's micro-batch loss, over 8); bitwise equal on another CPU. One step moves
+# the loss by 4e-3 here, so a wrong update (a rank's slice skipped or stepped twice) moves it by ~1e-3.
+CLIPPED_LOSS_RTOL = 1e-6
+
+
 @pytest.mark.slow
 def test_zero_stages_and_manual_give_the_same_numbers(results):
-    """Stage 1 all-reduces, stage 2 reduce-scatters: the same sums, so the same gradients and losses as the
-    manual backend (the norm is summed per slice, so it differs in the last bits); overlap changes only timing."""
+    """Stage 1 all-reduces, stage 2 reduce-scatters: the same sums, so bitwise the same gradients and first
+    loss as the manual backend; later losses agree to the last bits of the clip coefficient (the norm is
+    summed per slice). Overlap changes only timing: stage 2 with and without it is bitwise the same."""
+    manual = results["manual"]
     for variant in ("zero1", "zero2", "zero2-no-overlap"):
-        for key in ("grad_err", "loss_err"):
-            assert results[variant][key] == results["manual"][key], (variant, key)
-    for key in ("grad_err", "loss_err", "norm_err", "param_err"):
+        r = results[variant]
+        assert r["grad_err"] == manual["grad_err"], variant
+        assert r["losses"][0] == manual["losses"][0], variant  # before any update: the same weights and batch
+        for step, (loss, ref) in enumerate(zip(r["losses"], manual["losses"])):
+            assert abs(loss - ref) <= CLIPPED_LOSS_RTOL * ref, (variant, step, loss, ref)
+    for key in ("grad_err", "losses", "loss_err", "norm_err", "param_err"):
         assert results["zero2"][key] == results["zero2-no-overlap"][key], key
 
 

@@ -13,7 +13,7 @@ batch), and records the largest errors against the reference (max over ranks):
 - grad_err: after the first step's sync, max over parameters of max|g - g_ref| / max|g_ref|
 - nonsync_err: the same after the first (non-sync) micro-step, against THIS rank's local gradient
   (proves no gradient was averaged before the last micro-step)
-- loss_err: max over steps of |loss - loss_ref| / loss_ref (loss averaged over ranks)
+- losses: each step's loss averaged over ranks; loss_err: max over steps of |loss - loss_ref| / loss_ref
 - norm_err: max over steps of the relative error of the clipped global grad norm
 - param_err: after the last step, max over parameters of max|p - p_ref| / max|p_ref|
 - manual backends also report their all-reduce counts and launch order.
@@ -146,7 +146,7 @@ def run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=True):
     opt = backend.build_optimizer(TRAIN, ctx.device)
     steps, A = x.shape[:2]
     rows = slice(ctx.rank * B, (ctx.rank + 1) * B)
-    loss_errs, norm_errs, calls_per_step, launched_in_backward, launch_orders = [], [], [], [], []
+    losses, loss_errs, norm_errs, calls_per_step, launched_in_backward, launch_orders = [], [], [], [], [], []
     gathers_per_step = []
     for s in range(steps):
         local_loss = 0.0
@@ -177,12 +177,14 @@ def run_variant(name, gpt_cfg, x, y, ctx, B, ref, generate=True):
         norm = backend.clip_grad_norm(MAX_NORM)
         norm_errs.append(abs(norm - ref["norms"][s]) / ref["norms"][s])
         step_loss = all_reduce_scalar(local_loss, ctx, "sum") / ctx.world_size
+        losses.append(step_loss)
         loss_errs.append(abs(step_loss - ref["losses"][s]) / ref["losses"][s])
         backend.optimizer_step(opt)
         backend.zero_grad()
         if is_zero:
             gathers_per_step.append(backend.stats.gather_calls - gathers_before)
             backend.wait_for_params()  # before reading parameters outside a forward
+    out["losses"] = losses  # the same on every rank (all-reduced)
     out["loss_err"] = max(loss_errs)
     out["norm_err"] = max(norm_errs)
     out["param_err"] = max(
