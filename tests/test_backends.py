@@ -234,7 +234,7 @@ def test_zero_collective_counts_order_and_decay_groups(results):
 # in its own order (manual over buckets, zero over slices, DDP/FSDP per parameter), so the clip coefficient,
 # and from it every update, can move by an ulp. Measured at 4 ranks on an AVX-512 EPYC: zero1 vs manual
 # 1.3e-8 (one fp32 ulp of one rank's micro-batch loss, over 8); bitwise equal on another CPU. One step moves
-# the loss by 4e-3 here, so a wrong update (a rank's slice skipped or stepped twice) moves it by ~1e-3.
+# the loss by 4e-3 here, so a wrong update (a rank's slice skipped or stepped twice) would move it by far more.
 CLIPPED_LOSS_RTOL = 1e-6
 
 
@@ -246,6 +246,7 @@ def test_zero_stages_and_manual_give_the_same_numbers(results):
     manual = results["manual"]
     for variant in ("zero1", "zero2", "zero2-no-overlap"):
         r = results[variant]
+        assert len(r["losses"]) == len(manual["losses"]) == 3, variant
         assert r["grad_err"] == manual["grad_err"], variant
         assert r["losses"][0] == manual["losses"][0], variant  # before any update: the same weights and batch
         for step, (loss, ref) in enumerate(zip(r["losses"], manual["losses"])):
